@@ -1,0 +1,306 @@
+"""The typed schema of params.yaml: defaults <- file <- ``key=value`` overrides.
+
+Every stage gets its parameters only through :func:`load_params`. Loading rejects unknown keys,
+wrong types and impossible values with one message that names the file and the dotted key.
+Defaults marked "decided" in the README are this project's choices where the paper is silent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from pipeline.errors import ParamsError
+
+DEFAULT_PARAMS_FILE = Path("params.yaml")
+
+# Backbone name -> (pretext, segmentation) multiple every input side must be: the ViT patch size;
+# for a ResNet the stride-16 map the pretext correlation runs on, and the stride-32 map a U-Net
+# decoder upsamples from. The model registry (pipeline/models) builds exactly these names.
+BACKBONE_INPUT_MULTIPLE: dict[str, tuple[int, int]] = {
+    "vits14": (14, 14),
+    "vit_tiny_demo": (14, 14),
+    "resnet50": (16, 32),
+    "resnet_demo": (16, 32),
+}
+BackboneName = Literal["vits14", "vit_tiny_demo", "resnet50", "resnet_demo"]
+# Grows with the catalog (pipeline/data/catalog.py).
+DatasetName = Literal["landcoverai"]
+
+Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    # strict: YAML already carries types, so "64" for an int is a mistake, not something to coerce.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class SourceParams(_Section):
+    """Where one dataset's archive comes from: the catalog's URL unless replaced here."""
+
+    url: str | None = Field(
+        default=None,
+        description="A mirror URL (http, https, file) or a local path to the archive or an "
+        "extracted folder; null uses the catalog's official URL.",
+    )
+    md5: str | None = Field(
+        default=None,
+        description="Expected md5 of the archive; null uses the catalog's; 'skip' checks nothing.",
+    )
+
+    @field_validator("md5")
+    @classmethod
+    def _md5_is_hex(cls, value: str | None) -> str | None:
+        if value is None or value == "skip":
+            return value
+        if len(value) != 32 or any(c not in "0123456789abcdef" for c in value.lower()):
+            raise ValueError(f"must be 32 hex digits or 'skip', got {value!r}")
+        return value.lower()
+
+
+class DownloadParams(_Section):
+    timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    retries: Annotated[int, Field(ge=0)] = 4
+    max_unpacked_gb: Annotated[float, Field(gt=0)] = Field(
+        default=100.0, description="Refuse archives that would unpack to more than this."
+    )
+    keep_archive: bool = True
+
+
+class DataParams(_Section):
+    datasets: list[DatasetName] = Field(
+        default_factory=lambda: list(get_args(DatasetName)), min_length=1
+    )
+    sources: dict[DatasetName, SourceParams] = Field(default_factory=dict)
+    download: DownloadParams = Field(default_factory=DownloadParams)
+    tile_size: Annotated[int, Field(ge=32)] = Field(
+        default=512, description="LandCover.ai's official split.py cuts 512x512 tiles."
+    )
+    label_fractions: list[Fraction] = Field(
+        default_factory=lambda: [1.0, 0.5, 0.25],
+        min_length=1,
+        description="Nested subsets of the train split (decided: 25% within 50% within 100%).",
+    )
+    subset_seed: Annotated[int, Field(ge=0)] = 0
+    workers: PositiveInt = Field(default=2, description="Processes that tile scenes in parallel.")
+
+    @field_validator("label_fractions")
+    @classmethod
+    def _fractions_unique(cls, value: list[float]) -> list[float]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"fractions must be distinct, got {value}")
+        return value
+
+    def source(self, dataset: DatasetName) -> SourceParams:
+        return self.sources.get(dataset, SourceParams())
+
+
+class PretrainParams(_Section):
+    """The overlap pretext task (paper.md: 'Decided defaults')."""
+
+    backbone: BackboneName = "vits14"
+    images: Literal["train", "all"] = Field(
+        default="train",
+        description="decided: pretrain on the train split only; 'all' also uses val/test tiles "
+        "as the paper's 10.7K images may.",
+    )
+    source_size: PositiveInt = 224
+    subimage_size: PositiveInt = 112
+    epochs: PositiveInt = 150
+    batch_size: PositiveInt = 64
+    lr_backbone: Annotated[float, Field(gt=0)] = 1e-4
+    lr_head: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.05
+    warmup_epochs: Annotated[int, Field(ge=0)] = 5
+    focal_gamma: Annotated[float, Field(ge=0)] = 2.0
+    focal_alpha: Fraction | None = Field(
+        default=None,
+        description="decided: off; the detection default 0.25 down-weights the subimage's pixels.",
+    )
+    color_jitter: bool = Field(default=False, description="Ablation: the paper finds it hurts.")
+    flips: bool = False
+
+    @field_validator("source_size", "subimage_size")
+    @classmethod
+    def _multiple_of_backbone(cls, value: int, info: ValidationInfo) -> int:
+        backbone = info.data.get("backbone")
+        if backbone is not None:
+            _check_multiple(value, backbone, pretext=True)
+        return value
+
+    @field_validator("subimage_size")
+    @classmethod
+    def _subimage_within_source(cls, value: int, info: ValidationInfo) -> int:
+        source = info.data.get("source_size")
+        if source is not None and value > source:
+            raise ValueError(
+                f"the subimage ({value}) must not be larger than its source ({source})"
+            )
+        return value
+
+
+class FinetuneParams(_Section):
+    backbone: BackboneName = "vits14"
+    input_size: PositiveInt = Field(
+        default=448, description="Crop side; a multiple of the ViT patch size (14) or 32."
+    )
+
+    @field_validator("input_size")
+    @classmethod
+    def _multiple_of_backbone(cls, value: int, info: ValidationInfo) -> int:
+        backbone = info.data.get("backbone")
+        if backbone is not None:
+            _check_multiple(value, backbone, pretext=False)
+        return value
+
+
+class SyntheticParams(_Section):
+    """The demo's stand-in for the LandCover.ai archive (pipeline/data/synthetic.py)."""
+
+    scenes: PositiveInt = 6
+    height: Annotated[int, Field(ge=512)] = 1600
+    width: Annotated[int, Field(ge=512)] = 1700
+    split_fractions: list[Fraction] = Field(default_factory=lambda: [0.7, 0.15, 0.15])
+    seed: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _three_summing_to_one(cls, value: list[float]) -> list[float]:
+        if len(value) != 3 or abs(sum(value) - 1.0) > 1e-6:
+            raise ValueError(f"want three fractions (train, val, test) summing to 1, got {value}")
+        return value
+
+
+class TrackingParams(_Section):
+    experiment_prefix: str = Field(default="sop", min_length=1)
+
+
+class Params(_Section):
+    """The whole of params.yaml."""
+
+    seed: Annotated[int, Field(ge=0)] = 0
+    data: DataParams = Field(default_factory=DataParams)
+    pretrain: PretrainParams = Field(default_factory=PretrainParams)
+    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
+    tracking: TrackingParams = Field(default_factory=TrackingParams)
+    synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
+
+
+def _check_multiple(value: int, backbone: str, *, pretext: bool) -> None:
+    multiple = BACKBONE_INPUT_MULTIPLE[backbone][0 if pretext else 1]
+    if value % multiple:
+        lower = value // multiple * multiple
+        higher = lower + multiple
+        raise ValueError(
+            f"{value} is not a multiple of {multiple} ({backbone}); try {lower} or {higher}"
+        )
+
+
+def _dotted(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    problems = []
+    for err in exc.errors():
+        key = _dotted(err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif "input" in err and err["type"] not in ("missing", "value_error"):
+            message = f"{message} (got {err['input']!r})"
+        problems.append(f"{key}: {message}")
+    return f"{source}: " + "; ".join(problems)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ParamsError(f"{source}: {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
+    """``['pretrain.epochs=3', 'data.label_fractions=[1.0, 0.5]']`` -> typed (key, value) pairs."""
+    pairs = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ParamsError(f"override {item!r}: expected KEY=VALUE, e.g. pretrain.epochs=3")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ParamsError(f"override {item!r}: value is not valid YAML ({exc})") from None
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def params_from_mapping(
+    tree: Mapping[str, Any], *, source: str = "params", overrides: Sequence[str] = ()
+) -> Params:
+    """Validate a parsed params tree with overrides applied on top."""
+    merged: dict[str, Any] = _deep_copy(tree)
+    for key, value in parse_overrides(overrides):
+        _set_dotted(merged, key, value, f"override {key}")
+    try:
+        return Params.model_validate(merged)
+    except ValidationError as exc:
+        where = source if not overrides else f"{source} (with overrides {list(overrides)})"
+        raise ParamsError(_format_errors(exc, where)) from None
+
+
+def load_params(path: Path = DEFAULT_PARAMS_FILE, overrides: Sequence[str] = ()) -> Params:
+    """Read and validate params.yaml; raise :class:`ParamsError` naming the file and key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}:" if mark is not None else ""
+        problem = getattr(exc, "problem", None)
+        detail = f" ({problem})" if problem else ""
+        raise ParamsError(f"{path}:{where} not valid YAML{detail}") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    return params_from_mapping(tree, source=str(path), overrides=overrides)
+
+
+def params_to_yaml(params: Params) -> str:
+    """The resolved config, as saved beside every run."""
+    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+
+
+def _deep_copy(tree: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
+
+
+def fraction_column(fraction: float) -> str:
+    """Index column marking membership of the ``fraction`` label subset: ``in_frac_0.25``."""
+    if not (0.0 < fraction <= 1.0) or math.isnan(fraction):
+        raise ValueError(f"label fraction must lie in (0, 1], got {fraction}")
+    return f"in_frac_{fraction:g}"

@@ -1,0 +1,238 @@
+"""Fetch an archive (URL or local path), verify it, and extract it safely.
+
+A download streams into ``<name>.part`` and resumes it with an HTTP Range request, so a dropped
+connection costs only what was not yet received. The md5 is checked before anything is
+extracted; a file that fails it is set aside as ``<name>.bad`` and never used. Only a verified
+file is renamed into place. One call makes one attempt: the caller (the download flow's task)
+retries :class:`TransientDownloadError` with backoff and gives up at once on anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import stat
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+from pipeline.errors import ChecksumError, DataError, DownloadError, TransientDownloadError
+
+CHUNK = 1 << 20
+EXTRACTED_MARKER = ".extracted"
+# Imagery in these archives is already compressed (TIFF deflate/LZW, PNG, JPEG), so a large
+# member that deflates better than this is a bomb, not data. Deflate itself tops out near 1030:1.
+MAX_COMPRESSION_RATIO = 200
+RATIO_CHECK_MIN_BYTES = 10_000_000
+
+
+def md5_of(path: Path, progress: bool = False) -> str:
+    digest = hashlib.md5()
+    with (
+        open(path, "rb") as handle,
+        tqdm(
+            total=path.stat().st_size,
+            unit="B",
+            unit_scale=True,
+            desc=f"md5 {path.name}",
+            disable=not progress,
+            leave=False,
+        ) as bar,
+    ):
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def local_path(location: str, base: Path) -> Path | None:
+    """The local file a source location names (a path or a file:// URL), or None for a URL."""
+    parsed = urllib.parse.urlparse(location)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    if parsed.scheme in ("http", "https"):
+        return None
+    path = Path(location).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def verify(path: Path, expected_md5: str | None, what: str) -> None:
+    """Raise ChecksumError (naming ``what``, the parameter to fix) unless ``path`` matches."""
+    if expected_md5 is None:
+        return
+    actual = md5_of(path, progress=True)
+    if actual != expected_md5:
+        raise ChecksumError(
+            f"{path}: md5 {actual} does not match the expected {expected_md5} ({what})"
+        )
+
+
+def _http_error(url: str, exc: Exception) -> DownloadError:
+    if isinstance(exc, urllib.error.HTTPError):
+        if exc.code >= 500 or exc.code in (408, 429):
+            return TransientDownloadError(f"{url}: server answered HTTP {exc.code}")
+        return DownloadError(f"{url}: server answered HTTP {exc.code} {exc.reason}")
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, socket.gaierror):
+        return DownloadError(
+            f"{url}: host not found; offline? Set the source's url in params.yaml to a mirror "
+            "or to a local copy of the archive"
+        )
+    if isinstance(reason, ConnectionRefusedError):
+        return DownloadError(
+            f"{url}: connection refused; set the source's url in params.yaml to a mirror or a "
+            "local copy"
+        )
+    return TransientDownloadError(f"{url}: transfer failed ({reason})")
+
+
+def download(
+    url: str,
+    target: Path,
+    expected_md5: str | None,
+    *,
+    timeout_s: float = 60.0,
+    param_name: str = "data.sources.<dataset>.url",
+    progress: bool = True,
+) -> Path:
+    """Download ``url`` to ``target`` (resuming ``target.part``), verified, renamed atomically."""
+    if target.exists():
+        if expected_md5 is None or md5_of(target) == expected_md5:
+            return target
+        # A stale file from an earlier source: set it aside, never use it.
+        target.replace(target.with_name(target.name + ".bad"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "sop-pipeline"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout_s)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:
+            # The part file already holds everything: verify it below.
+            response = None
+        else:
+            raise _http_error(url, exc) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise _http_error(url, exc) from None
+    if response is not None:
+        with response:
+            resumed = have and response.status == 206
+            if not resumed:
+                have = 0
+            length = response.headers.get("Content-Length")
+            total = have + int(length) if length is not None else None
+            try:
+                with (
+                    open(part, "ab" if resumed else "wb") as out,
+                    tqdm(
+                        total=total,
+                        initial=have,
+                        unit="B",
+                        unit_scale=True,
+                        desc=target.name,
+                        disable=not progress,
+                    ) as bar,
+                ):
+                    for chunk in iter(lambda: response.read(CHUNK), b""):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+                    out.flush()
+                    os.fsync(out.fileno())
+            except (OSError, urllib.error.URLError) as exc:
+                raise TransientDownloadError(
+                    f"{url}: connection lost after {part.stat().st_size} bytes ({exc}); "
+                    "the partial file is kept and resumed on retry"
+                ) from None
+            if total is not None and part.stat().st_size < total:
+                raise TransientDownloadError(
+                    f"{url}: connection closed at {part.stat().st_size} of {total} bytes; "
+                    "resumed on retry"
+                )
+    try:
+        verify(part, expected_md5, f"downloaded from {url}; set {param_name} or its md5")
+    except ChecksumError:
+        part.replace(target.with_name(target.name + ".bad"))
+        raise
+    os.replace(part, target)
+    return target
+
+
+def archive_stamp(archive: Path) -> str:
+    """Identifies the archive a folder was extracted from: a changed archive is re-extracted."""
+    stat_result = archive.stat()
+    return f"{archive.name} {stat_result.st_size} {stat_result.st_mtime_ns}"
+
+
+def _member_problem(info: zipfile.ZipInfo) -> str | None:
+    name = info.filename
+    path = PurePosixPath(name)
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "absolute path"
+    if ".." in path.parts or "\\" in name:
+        return "path escapes the target folder"
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if info.file_size > RATIO_CHECK_MIN_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(
+        info.compress_size, 1
+    ):
+        return f"compression ratio {info.file_size // info.compress_size}:1 (zip bomb?)"
+    return None
+
+
+def safe_extract(
+    archive: Path,
+    target: Path,
+    *,
+    max_unpacked_bytes: int,
+    on_member: Callable[[int], None] | None = None,
+) -> Path:
+    """Extract a zip into ``target`` after checking every member; atomic at the folder level."""
+    marker = target / EXTRACTED_MARKER
+    stamp = archive_stamp(archive)
+    if marker.exists() and marker.read_text() == stamp:
+        return target
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+            total = 0
+            for info in members:
+                problem = _member_problem(info)
+                if problem:
+                    raise DataError(f"{archive}: refused member {info.filename!r}: {problem}")
+                total += info.file_size
+            if total > max_unpacked_bytes:
+                raise DataError(
+                    f"{archive}: would unpack to {total / 1e9:.1f} GB, over the "
+                    f"{max_unpacked_bytes / 1e9:.1f} GB limit (data.download.max_unpacked_gb)"
+                )
+            staging = target.with_name(target.name + ".extracting")
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            with tqdm(
+                total=total, unit="B", unit_scale=True, desc=f"extract {archive.name}"
+            ) as bar:
+                for info in members:
+                    zf.extract(info, staging)
+                    bar.update(info.file_size)
+                    if on_member is not None:
+                        on_member(info.file_size)
+    except zipfile.BadZipFile as exc:
+        raise DataError(f"{archive}: corrupt or truncated zip ({exc})") from None
+    except (zipfile.LargeZipFile, EOFError) as exc:
+        raise DataError(f"{archive}: cannot extract ({exc})") from None
+    (staging / EXTRACTED_MARKER).write_text(stamp)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    return target

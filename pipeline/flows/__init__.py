@@ -1,0 +1,11 @@
+"""Prefect flows: each DVC stage's work is one flow; each flow run opens one MLflow run.
+
+Conventions: flow and task names read as verbs in the Prefect UI (``tile``, ``tile-scene``),
+run names carry the dataset or grid cell, retries only on network tasks and only for errors a
+retry can fix, analytics off. With no ``PREFECT_API_URL`` Prefect starts a temporary local
+server; with it set, runs report to that server.
+"""
+
+from pipeline.flows.data import download_flow, synth_flow, tile_flow
+
+__all__ = ["download_flow", "synth_flow", "tile_flow"]

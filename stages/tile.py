@@ -1,0 +1,19 @@
+"""DVC stage ``tile``: cut one dataset into the tile store data/tiles/<dataset>."""
+
+from pathlib import Path
+
+from pipeline.cli import stage_main
+from pipeline.config import load_params
+from pipeline.env import apply_env_defaults
+
+
+def main(dataset: str, params_file: Path = Path("params.yaml")) -> None:
+    root = params_file.resolve().parent
+    apply_env_defaults(root)
+    from pipeline.flows import tile_flow
+
+    tile_flow(dataset, load_params(params_file), root)
+
+
+if __name__ == "__main__":
+    stage_main(main)

@@ -1,0 +1,46 @@
+"""Test-wide environment: telemetry off, Prefect/MLflow/DVC state in a temp dir, no servers."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from pipeline.env import TELEMETRY_OFF
+
+# Before any test module imports prefect, mlflow or dvc: they read these at import time.
+_STATE = Path(tempfile.mkdtemp(prefix="sop-tests-"))
+os.environ.update(TELEMETRY_OFF)
+os.environ["PREFECT_HOME"] = str(_STATE / "prefect")
+os.environ["DVC_SITE_CACHE_DIR"] = str(_STATE / "dvc-site-cache")
+(_STATE / "prefect").mkdir()
+for leaked in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "SOP_PARENT_RUN_ID", "DVC_STAGE"):
+    os.environ.pop(leaked, None)
+
+import pytest  # noqa: E402
+
+from pipeline.data.synthetic import SyntheticArchive, write_landcoverai_archive  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def small_archive(tmp_path_factory: pytest.TempPathFactory) -> SyntheticArchive:
+    """Two small scenes in the LandCover.ai v1 archive layout (written once per session)."""
+    out = tmp_path_factory.mktemp("archive") / "landcover.ai.v1.zip"
+    return write_landcoverai_archive(out, n_scenes=2, height=1100, width=1200, seed=3)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop Prefect's temporary server while output capture is still open.
+
+    Left to its atexit hook it logs to an already closed stream and prints a traceback.
+    """
+    import sys
+
+    if "prefect.server.api.server" not in sys.modules:
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    for server in list(SubprocessASGIServer._instances.values()):
+        server.stop()

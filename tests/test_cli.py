@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE_COMMANDS = ["download", "tile"]
+
+
+def test_help_lists_the_stage_commands() -> None:
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in [*STAGE_COMMANDS, "params", "synth", "mlflow-ui"]:
+        assert command in result.output
+
+
+@pytest.mark.parametrize("command", [*STAGE_COMMANDS, "params", "synth", "mlflow-ui"])
+def test_every_command_has_help(command: str) -> None:
+    result = CliRunner().invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_bad_params_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("pretrain:\n  subimage_size: 280\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "params", "--params", str(params)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(params) in lines[0]
+    assert "pretrain.subimage_size" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_params_prints_the_resolved_set(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("seed: 3\n")
+    result = CliRunner().invoke(
+        app, ["params", "--params", str(params), "--set", "pretrain.epochs=2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "seed: 3" in result.output
+    assert "epochs: 2" in result.output
+
+
+def test_stage_entry_reports_errors_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("data:\n  workers: 0\n")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "tile.py"), "landcoverai"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: params.yaml: data.workers: Input should be greater than 0 (got 0)"
+    ]

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import Params, SourceParams, fraction_column, load_params, params_to_yaml
+from pipeline.errors import ParamsError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", [REPO / "params.yaml", REPO / "demo" / "params.yaml"])
+def test_shipped_params_files_are_valid(path: Path) -> None:
+    params = load_params(path)
+    assert params.data.tile_size == 512
+    assert sorted(params.data.label_fractions) == [0.25, 0.5, 1.0]
+
+
+def test_root_params_are_the_paper_defaults() -> None:
+    params = load_params(REPO / "params.yaml")
+    # The file spells out the schema's defaults, nothing else.
+    assert params.data.source("landcoverai") == SourceParams()
+    dumped, default = params.model_dump(), Params().model_dump()
+    dumped["data"].pop("sources")
+    default["data"].pop("sources")
+    assert dumped == default
+    assert (params.pretrain.source_size, params.pretrain.subimage_size) == (224, 112)
+    assert params.pretrain.focal_alpha is None
+    assert params.finetune.input_size % 14 == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        ("data:\n  tilesize: 256\n", "data.tilesize", "unknown key"),
+        ("bogus: 1\n", "bogus", "unknown key"),
+        ("pretrain:\n  epochs: '3'\n", "pretrain.epochs", "valid integer"),
+        (
+            "data:\n  label_fractions: [1.0, 1.5]\n",
+            "data.label_fractions[1]",
+            "less than or equal to 1",
+        ),
+        ("data:\n  label_fractions: [0.0]\n", "data.label_fractions[0]", "greater than 0"),
+        (
+            "pretrain:\n  source_size: 224\n  subimage_size: 252\n",
+            "pretrain.subimage_size",
+            "must not be larger than its source",
+        ),
+        ("finetune:\n  input_size: 450\n", "finetune.input_size", "not a multiple of 14"),
+        (
+            "finetune:\n  backbone: resnet50\n  input_size: 500\n",
+            "finetune.input_size",
+            "not a multiple of 32",
+        ),
+        ("pretrain:\n  backbone: vitb\n", "pretrain.backbone", "Input should be"),
+        (
+            "data:\n  sources:\n    landcoverai:\n      md5: xyz\n",
+            "data.sources.landcoverai.md5",
+            "32 hex digits",
+        ),
+    ],
+)
+def test_bad_params_name_file_and_key_in_one_line(
+    tmp_path: Path, text: str, key: str, fragment: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: ")
+    assert f"{key}: " in message
+    assert fragment in message
+
+
+def test_every_problem_is_reported(tmp_path: Path) -> None:
+    path = write(tmp_path, "seed: -1\ndata:\n  workers: 0\n")
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert "seed: " in message
+    assert "data.workers: " in message
+
+
+def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "data: [unclosed\n")
+    with pytest.raises(
+        ParamsError, match=r"params\.yaml: line 2: not valid YAML \(expected ',' or '\]'"
+    ):
+        load_params(path)
+    with pytest.raises(ParamsError, match=r"x\.yaml: file not found"):
+        load_params(tmp_path / "x.yaml")
+
+
+def test_overrides_apply_on_top_and_are_validated(tmp_path: Path) -> None:
+    path = write(tmp_path, "pretrain:\n  epochs: 10\n")
+    params = load_params(path, ["pretrain.epochs=3", "data.label_fractions=[1.0, 0.1]"])
+    assert params.pretrain.epochs == 3
+    assert params.data.label_fractions == [1.0, 0.1]
+    with pytest.raises(ParamsError, match=r"pretrain\.nope: unknown key"):
+        load_params(path, ["pretrain.nope=1"])
+    with pytest.raises(ParamsError, match="expected KEY=VALUE"):
+        load_params(path, ["pretrain.epochs"])
+
+
+def test_resolved_yaml_round_trips(tmp_path: Path) -> None:
+    params = load_params(write(tmp_path, "seed: 7\n"))
+    again = load_params(write(tmp_path, params_to_yaml(params)))
+    assert again == params
+    assert yaml.safe_load(params_to_yaml(params))["seed"] == 7
+
+
+def test_fraction_column_names() -> None:
+    assert fraction_column(0.25) == "in_frac_0.25"
+    assert fraction_column(1.0) == "in_frac_1"
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        fraction_column(1.5)

@@ -1,0 +1,115 @@
+"""Slow tier: the flows through Prefect and MLflow, and the demo through DVC."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from pipeline.config import params_from_mapping
+from pipeline.data.store import TileStore
+from pipeline.data.synthetic import SyntheticArchive
+from pipeline.flows import download_flow, tile_flow
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def test_download_and_tile_flows(small_archive: SyntheticArchive, tmp_path: Path) -> None:
+    params = params_from_mapping(
+        {
+            "data": {
+                "sources": {
+                    "landcoverai": {"url": str(small_archive.path), "md5": small_archive.md5}
+                },
+                "workers": 2,
+            }
+        }
+    )
+    raw = download_flow("landcoverai", params, tmp_path)
+    assert (raw / "extracted" / "images").is_dir()
+    summary = tile_flow("landcoverai", params, tmp_path)
+    n_tiles = sum(len(ids) for ids in small_archive.splits.values())
+    assert summary["tiles"] == n_tiles
+    tiles = TileStore(tmp_path / "data" / "tiles" / "landcoverai")
+    assert len(tiles) == n_tiles
+    assert json.loads((tmp_path / "data/tiles/landcoverai.summary.json").read_text()) == summary
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for stage in ("download", "tile"):
+        experiment = client.get_experiment_by_name(f"sop-{stage}")
+        assert experiment is not None
+        (run,) = client.search_runs([experiment.experiment_id])
+        assert run.info.run_name == "landcoverai"
+        assert run.info.status == "FINISHED"
+    (tile_run,) = client.search_runs([client.get_experiment_by_name("sop-tile").experiment_id])
+    assert tile_run.data.metrics["tiles"] == n_tiles
+    assert tile_run.data.tags["data.tile_index_sha256"]
+
+    # A rerun finds everything done: same store, untouched.
+    before = (tmp_path / "data/tiles/landcoverai/index.parquet").stat().st_mtime_ns
+    tile_flow("landcoverai", params, tmp_path)
+    assert (tmp_path / "data/tiles/landcoverai/index.parquet").stat().st_mtime_ns == before
+
+
+def test_wrong_md5_stops_the_download_flow(small_archive: SyntheticArchive, tmp_path: Path) -> None:
+    from pipeline.errors import ChecksumError
+
+    params = params_from_mapping(
+        {"data": {"sources": {"landcoverai": {"url": str(small_archive.path), "md5": "0" * 32}}}}
+    )
+    with pytest.raises(ChecksumError, match=r"data\.sources"):
+        download_flow("landcoverai", params, tmp_path)
+    assert not (tmp_path / "data/raw/landcoverai/extracted").exists()
+
+
+def dvc(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_demo_pipeline_with_dvc(tmp_path: Path) -> None:
+    """The demo's DVC pipeline on a copy of the project: repro, then nothing left to do."""
+    project = tmp_path / "project"
+    for item in ("pipeline", "stages"):
+        shutil.copytree(REPO / item, project / item, ignore=shutil.ignore_patterns("__pycache__"))
+    demo = project / "demo"
+    demo.mkdir()
+    params = yaml.safe_load((REPO / "demo" / "params.yaml").read_text())
+    params["synthetic"].update(scenes=2, height=1100, width=1200)
+    params["data"]["sources"]["landcoverai"]["md5"] = "skip"  # smaller archive, other md5
+    (demo / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(REPO / "demo" / "dvc.yaml", demo / "dvc.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    dvc(demo, "init", "--subdir", "-q")
+    dvc(demo, "repro")
+    store = TileStore(demo / "data" / "tiles" / "landcoverai")
+    assert len(store) > 0
+    assert store.meta.label_fractions == (1.0, 0.5, 0.25)
+    assert (demo / "mlflow.db").exists()
+    assert "up to date" in dvc(demo, "status")
+    summary = json.loads((demo / "data/tiles/landcoverai.summary.json").read_text())
+    assert summary["tiles"] == len(store)
+    # A changed tiling param makes exactly the tile stage stale.
+    params["data"]["subset_seed"] = 1
+    (demo / "params.yaml").write_text(yaml.safe_dump(params))
+    status = dvc(demo, "status")
+    assert "tile@landcoverai" in status
+    assert "download@landcoverai" not in status

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from pipeline import tracking
+
+
+def git_repo(path: Path) -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=path, check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    git("init", "-q")
+    (path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    return git("rev-parse", "HEAD")
+
+
+def test_flatten_dotted_keys() -> None:
+    flat = tracking.flatten({"data": {"tile_size": 512, "fractions": [1.0, 0.5]}, "seed": 0})
+    assert flat == {"data.tile_size": "512", "data.fractions": "[1.0, 0.5]", "seed": "0"}
+
+
+def test_stage_run_follows_the_conventions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    commit = git_repo(tmp_path)
+    monkeypatch.setenv("DVC_STAGE", "tile@landcoverai")
+    with tracking.stage_run(
+        "pretrain",
+        root=tmp_path,
+        run_name="landcoverai-vits14-sop-0.25-s0",
+        params={"pretrain": {"subimage_size": 112}},
+        resolved_params_yaml="seed: 0\n",
+        tile_index_hash="ab" * 32,
+    ) as parent:
+        pass
+    monkeypatch.setenv(tracking.PARENT_RUN_ENV, parent.info.run_id)
+    (tmp_path / "code.py").write_text("x = 2\n")  # an uncommitted edit: dirty
+    with tracking.stage_run("pretrain", root=tmp_path, run_name="child", params={}) as child:
+        pass
+
+    assert (tmp_path / "mlflow.db").exists()
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("sop-pretrain")
+    assert experiment is not None
+    assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
+    first = client.get_run(parent.info.run_id)
+    assert first.info.run_name == "landcoverai-vits14-sop-0.25-s0"
+    assert first.data.params == {"pretrain.subimage_size": "112"}
+    assert first.data.tags["git.commit"] == commit
+    assert first.data.tags["git.dirty"] == "false"
+    assert first.data.tags["dvc.stage"] == "tile@landcoverai"
+    assert first.data.tags[tracking.TILE_INDEX_TAG] == "ab" * 32
+    assert "mlflow.parentRunId" not in first.data.tags
+    artifacts = [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert artifacts == ["params.resolved.yaml"]
+    second = client.get_run(child.info.run_id)
+    assert second.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert second.data.tags["git.dirty"] == "true"
+
+
+def test_tracking_uri_env_points_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", shared)
+    root = tmp_path / "pipeline"
+    root.mkdir()
+    assert tracking.tracking_uri(root) == shared
+    assert tracking.artifact_location(root) is None
+    with tracking.stage_run("tile", root=root, run_name="x", params={"a": 1}):
+        pass
+    assert not (root / "mlflow.db").exists()
+    assert mlflow.MlflowClient(shared).get_experiment_by_name("sop-tile") is not None
+
+
+def test_git_state_outside_a_repository(tmp_path: Path) -> None:
+    assert tracking.git_state(tmp_path) == (None, None)
