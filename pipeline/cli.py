@@ -113,17 +113,14 @@ def params(
 @one_line_errors
 def synth(
     out: Annotated[Path, typer.Argument(help="The zip to write (LandCover.ai v1 layout).")],
-    scenes: Annotated[int, typer.Option(help="Number of scenes.")] = 6,
-    height: Annotated[int, typer.Option(help="Mean scene height in pixels.")] = 1600,
-    width: Annotated[int, typer.Option(help="Mean scene width in pixels.")] = 1700,
-    seed: Annotated[int, typer.Option(help="Seed: the same seed writes the same bytes.")] = 0,
+    params_file: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
 ) -> None:
-    """Write a synthetic LandCover.ai-style archive of georeferenced scenes and masks."""
-    from pipeline.data.synthetic import write_landcoverai_archive
+    """Write a synthetic LandCover.ai-style archive (params section `synthetic`)."""
+    params, root = _load(params_file, overrides)
+    from pipeline.flows import synth_flow
 
-    archive = write_landcoverai_archive(out, n_scenes=scenes, height=height, width=width, seed=seed)
-    counts = {k: len(v) for k, v in archive.splits.items()}
-    typer.echo(f"{archive.path}: {len(archive.scenes)} scenes, tiles {counts}, md5 {archive.md5}")
+    synth_flow(out, params, root)
 
 
 @app.command("mlflow-ui")

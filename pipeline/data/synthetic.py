@@ -21,6 +21,7 @@ import numpy.typing as npt
 import rasterio
 from rasterio.transform import Affine
 
+from pipeline.config import SyntheticParams
 from pipeline.data.tiling import official_tile_grid
 
 __all__ = [
@@ -1035,4 +1036,20 @@ def write_landcoverai_archive(
         class_pixel_counts={
             name: int(n) for name, n in zip(LANDCOVERAI_CLASS_NAMES, pixel_counts, strict=True)
         },
+    )
+
+
+def write_archive_from_params(
+    out_zip: Path, spec: SyntheticParams, tile_size: int
+) -> SyntheticArchive:
+    """The archive the ``synthetic`` params section describes (the demo's synth stage)."""
+    train, val, test = spec.split_fractions
+    return write_landcoverai_archive(
+        out_zip,
+        n_scenes=spec.scenes,
+        height=spec.height,
+        width=spec.width,
+        tile_size=tile_size,
+        split_fractions=(train, val, test),
+        seed=spec.seed,
     )

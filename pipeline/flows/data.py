@@ -235,7 +235,7 @@ def _tile_scenes(
 @flow(name="synthesize", flow_run_name="synthesize-{out.name}", log_prints=True)
 def synth_flow(out: Path, params: Params, root: Path) -> Path:
     """Write the demo's synthetic LandCover.ai-style archive."""
-    from pipeline.data.synthetic import write_landcoverai_archive
+    from pipeline.data.synthetic import write_archive_from_params
 
     spec = params.synthetic
     with tracking.stage_run(
@@ -248,19 +248,7 @@ def synth_flow(out: Path, params: Params, root: Path) -> Path:
     ):
         import mlflow
 
-        archive = write_landcoverai_archive(
-            out,
-            n_scenes=spec.scenes,
-            height=spec.height,
-            width=spec.width,
-            tile_size=params.data.tile_size,
-            seed=spec.seed,
-            split_fractions=(
-                spec.split_fractions[0],
-                spec.split_fractions[1],
-                spec.split_fractions[2],
-            ),
-        )
+        archive = write_archive_from_params(out, spec, params.data.tile_size)
         counts = {split: len(ids) for split, ids in archive.splits.items()}
         mlflow.log_metrics({f"tiles.{k}": v for k, v in counts.items()})
         mlflow.set_tag("archive.md5", archive.md5)
