@@ -31,7 +31,7 @@ ParamsOption = Annotated[
 ]
 SetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override a param: KEY=VALUE, e.g. data.tile_size=256."),
+    typer.Option("--set", "-s", help="Override a param: KEY=VALUE, e.g. pretrain.epochs=3."),
 ]
 DatasetsArg = Annotated[
     list[str] | None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -20,7 +20,9 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from pipeline.errors import ParamsError
 
@@ -36,8 +38,10 @@ BACKBONE_INPUT_MULTIPLE: dict[str, tuple[int, int]] = {
     "resnet_demo": (16, 32),
 }
 BackboneName = Literal["vits14", "vit_tiny_demo", "resnet50", "resnet_demo"]
-# Grows with the catalog (pipeline/data/catalog.py).
-DatasetName = Literal["landcoverai"]
+# The catalog's built-in datasets (pipeline/data/catalog.py holds their entries); users add
+# their own under data.custom.
+BUILTIN_DATASETS = ("landcoverai", "loveda", "deepglobe")
+DATASET_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -80,22 +84,113 @@ class DownloadParams(_Section):
     keep_archive: bool = True
 
 
+class TilingParams(_Section):
+    """How one dataset's scenes are cut."""
+
+    tile_size: Annotated[int, Field(ge=32)] = 512
+    remainder: Literal["drop", "overlap"] = Field(
+        default="drop",
+        description="Scene edges that do not fill a tile: 'drop' them (LandCover.ai's split.py "
+        "does), or add a last row/column of tiles aligned to the edge, overlapping its "
+        "neighbours, so every pixel is covered.",
+    )
+
+
+# decided: DeepGlobe's 2448-pixel images leave a 400-pixel strip at 512; cover it with edge-
+# aligned tiles rather than lose 30% of the labels.
+DEFAULT_TILING = {"deepglobe": TilingParams(remainder="overlap")}
+
+
+class ClassesFile(_Section):
+    """The classes file of a user's labelled dataset (YAML)."""
+
+    names: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=255)
+    colors: (
+        list[
+            Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)]
+        ]
+        | None
+    ) = None
+    ignore_index: Annotated[int, Field(ge=0, le=255)] | None = None
+
+    @field_validator("colors")
+    @classmethod
+    def _one_colour_per_class(
+        cls, value: list[list[int]] | None, info: ValidationInfo
+    ) -> list[list[int]] | None:
+        names = info.data.get("names")
+        if value is not None and names is not None and len(value) != len(names):
+            raise ValueError(f"{len(value)} colours for {len(names)} classes")
+        return value
+
+
+class CustomDatasetParams(_Section):
+    """A user's own imagery: scenes for pretraining, or scene/mask pairs with a classes file."""
+
+    images: str = Field(description="Folder of scenes (GeoTIFF, PNG or JPEG, any size).")
+    masks: str | None = Field(
+        default=None,
+        description="Folder of single-band masks named like the scenes (any image extension); "
+        "null: unlabelled imagery, for pretraining only.",
+    )
+    classes: str | None = Field(default=None, description="Classes file (YAML); needs masks.")
+    bands: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1, 2, 3],
+        min_length=3,
+        max_length=3,
+        description="The three 1-based bands read as RGB (e.g. [4, 3, 2] for Sentinel-2).",
+    )
+    scale: list[float] | None = Field(
+        default=None,
+        description="[low, high]: maps pixel values linearly to 0..255 (clipped); needed for "
+        "non-uint8 imagery.",
+    )
+
+    @model_validator(mode="after")
+    def _classes_with_masks(self) -> CustomDatasetParams:
+        # After the fields: an omitted key is never seen by a field validator.
+        if (self.classes is None) != (self.masks is None):
+            raise ValueError("masks and classes go together: give both, or neither")
+        return self
+
+    @field_validator("scale")
+    @classmethod
+    def _low_below_high(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (len(value) != 2 or value[0] >= value[1]):
+            raise ValueError(f"want [low, high] with low < high, got {value}")
+        return value
+
+
 class DataParams(_Section):
-    datasets: list[DatasetName] = Field(
-        default_factory=lambda: list(get_args(DatasetName)), min_length=1
+    datasets: list[Annotated[str, Field(pattern=DATASET_NAME_PATTERN)]] = Field(
+        default_factory=lambda: list(BUILTIN_DATASETS), min_length=1
     )
-    sources: dict[DatasetName, SourceParams] = Field(default_factory=dict)
+    sources: dict[str, SourceParams] = Field(default_factory=dict)
+    custom: dict[Annotated[str, Field(pattern=DATASET_NAME_PATTERN)], CustomDatasetParams] = Field(
+        default_factory=dict
+    )
+    tiling: dict[str, TilingParams] = Field(
+        default_factory=dict, description="Per dataset; missing ones take TilingParams()."
+    )
     download: DownloadParams = Field(default_factory=DownloadParams)
-    tile_size: Annotated[int, Field(ge=32)] = Field(
-        default=512, description="LandCover.ai's official split.py cuts 512x512 tiles."
-    )
     label_fractions: list[Fraction] = Field(
         default_factory=lambda: [1.0, 0.5, 0.25],
         min_length=1,
         description="Nested subsets of the train split (decided: 25% within 50% within 100%).",
     )
     subset_seed: Annotated[int, Field(ge=0)] = 0
+    split_fractions: list[Fraction] = Field(
+        default_factory=lambda: [0.7, 0.15, 0.15],
+        description="decided: train/val/test shares for datasets without an official split "
+        "(DeepGlobe, user imagery without split files), assigned per scene by a seeded hash.",
+    )
+    split_seed: Annotated[int, Field(ge=0)] = 0
     workers: PositiveInt = Field(default=2, description="Processes that tile scenes in parallel.")
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _three_summing_to_one(cls, value: list[float]) -> list[float]:
+        return _check_split_fractions(value)
 
     @field_validator("label_fractions")
     @classmethod
@@ -104,8 +199,46 @@ class DataParams(_Section):
             raise ValueError(f"fractions must be distinct, got {value}")
         return value
 
-    def source(self, dataset: DatasetName) -> SourceParams:
+    @field_validator("custom")
+    @classmethod
+    def _custom_names_free(
+        cls, value: dict[str, CustomDatasetParams]
+    ) -> dict[str, CustomDatasetParams]:
+        taken = sorted(set(value) & set(BUILTIN_DATASETS))
+        if taken:
+            raise ValueError(f"{taken} are built-in dataset names; choose another name")
+        return value
+
+    @model_validator(mode="after")
+    def _names_are_known(self) -> DataParams:
+        known = set(BUILTIN_DATASETS) | set(self.custom)
+        for field, names in (
+            ("datasets", self.datasets),
+            ("sources", list(self.sources)),
+            ("tiling", list(self.tiling)),
+        ):
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                raise PydanticCustomError(
+                    "unknown_dataset",
+                    "{field}: unknown dataset(s) {unknown}; built-in: {builtin}, or declare "
+                    "yours under data.custom",
+                    {"field": field, "unknown": unknown, "builtin": list(BUILTIN_DATASETS)},
+                )
+        official = self.tiling.get("landcoverai")
+        if official is not None and official.remainder != "drop":
+            raise PydanticCustomError(
+                "official_numbering",
+                "tiling.landcoverai.remainder: must be 'drop': the official split files number "
+                "only full tiles",
+            )
+        return self
+
+    def source(self, dataset: str) -> SourceParams:
         return self.sources.get(dataset, SourceParams())
+
+    def tiling_for(self, dataset: str) -> TilingParams:
+        return self.tiling.get(dataset, DEFAULT_TILING.get(dataset, TilingParams()))
 
 
 class PretrainParams(_Section):
@@ -179,9 +312,7 @@ class SyntheticParams(_Section):
     @field_validator("split_fractions")
     @classmethod
     def _three_summing_to_one(cls, value: list[float]) -> list[float]:
-        if len(value) != 3 or abs(sum(value) - 1.0) > 1e-6:
-            raise ValueError(f"want three fractions (train, val, test) summing to 1, got {value}")
-        return value
+        return _check_split_fractions(value)
 
 
 class TrackingParams(_Section):
@@ -197,6 +328,12 @@ class Params(_Section):
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
+
+
+def _check_split_fractions(value: list[float]) -> list[float]:
+    if len(value) != 3 or abs(sum(value) - 1.0) > 1e-6:
+        raise ValueError(f"want three fractions (train, val, test) summing to 1, got {value}")
+    return value
 
 
 def _check_multiple(value: int, backbone: str, *, pretext: bool) -> None:

@@ -20,7 +20,7 @@ def write(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize("path", [REPO / "params.yaml", REPO / "demo" / "params.yaml"])
 def test_shipped_params_files_are_valid(path: Path) -> None:
     params = load_params(path)
-    assert params.data.tile_size == 512
+    assert params.data.tiling_for("landcoverai").tile_size == 512
     assert sorted(params.data.label_fractions) == [0.25, 0.5, 1.0]
 
 
@@ -29,9 +29,12 @@ def test_root_params_are_the_paper_defaults() -> None:
     # The file spells out the schema's defaults, nothing else.
     assert params.data.source("landcoverai") == SourceParams()
     dumped, default = params.model_dump(), Params().model_dump()
-    dumped["data"].pop("sources")
-    default["data"].pop("sources")
+    for section in (dumped, default):
+        section["data"].pop("sources")
+        section["data"].pop("tiling")
     assert dumped == default
+    for dataset in params.data.datasets:
+        assert params.data.tiling_for(dataset) == Params().data.tiling_for(dataset)
     assert (params.pretrain.source_size, params.pretrain.subimage_size) == (224, 112)
     assert params.pretrain.focal_alpha is None
     assert params.finetune.input_size % 14 == 0
@@ -41,6 +44,11 @@ def test_root_params_are_the_paper_defaults() -> None:
     ("text", "key", "fragment"),
     [
         ("data:\n  tilesize: 256\n", "data.tilesize", "unknown key"),
+        ("data:\n  tiling:\n    landcoverai: {remainder: overlap}\n", "data", "must be 'drop'"),
+        ("data:\n  datasets: [potsdam]\n", "data", "unknown dataset(s) ['potsdam']"),
+        ("data:\n  custom:\n    mine: {images: x, masks: y}\n", "data.custom.mine", "go together"),
+        ("data:\n  custom:\n    loveda: {images: x}\n", "data.custom", "built-in dataset"),
+        ("data:\n  split_fractions: [0.5, 0.5]\n", "data.split_fractions", "summing to 1"),
         ("bogus: 1\n", "bogus", "unknown key"),
         ("pretrain:\n  epochs: '3'\n", "pretrain.epochs", "valid integer"),
         (

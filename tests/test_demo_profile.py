@@ -12,6 +12,8 @@ def test_demo_md5_pin_matches_what_the_synth_stage_writes(tmp_path: Path) -> Non
     """The demo verifies its archive like a real download: the pin must follow the generator."""
     params = load_params(REPO / "demo" / "params.yaml")
     archive = write_archive_from_params(
-        tmp_path / "landcover.ai.v1.zip", params.synthetic, params.data.tile_size
+        tmp_path / "landcover.ai.v1.zip",
+        params.synthetic,
+        params.data.tiling_for("landcoverai").tile_size,
     )
     assert archive.md5 == params.data.source("landcoverai").md5

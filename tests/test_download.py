@@ -3,75 +3,30 @@ from __future__ import annotations
 import hashlib
 import io
 import stat
-import threading
 import zipfile
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from pipeline.data.download import download, local_path, safe_extract
 from pipeline.errors import ChecksumError, DataError, DownloadError, TransientDownloadError
+from tests.servers import FileServer
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 MD5 = hashlib.md5(PAYLOAD).hexdigest()
 
 
-class Server:
-    """A real HTTP server on 127.0.0.1 that honours Range and can misbehave on request."""
-
-    def __init__(self) -> None:
-        self.mode = "ok"
-        self.requests: list[str | None] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                server.requests.append(self.headers.get("Range"))
-                if self.path == "/missing.zip":
-                    self.send_error(404)
-                    return
-                if server.mode == "error500":
-                    server.mode = "ok"
-                    self.send_error(500)
-                    return
-                start = 0
-                if self.headers.get("Range"):
-                    start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-"))
-                body = PAYLOAD[start:]
-                self.send_response(206 if start else 200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if server.mode == "drop":
-                    server.mode = "ok"
-                    self.wfile.write(body[: len(body) // 3])
-                    self.wfile.flush()
-                    self.connection.shutdown(2)
-                    return
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def server() -> Iterator[Server]:
-    srv = Server()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]:
+    folder = tmp_path_factory.mktemp("served")
+    (folder / "a.zip").write_bytes(PAYLOAD)
+    srv = FileServer(folder)
     yield srv
     srv.close()
 
 
-def test_download_verifies_and_renames(server: Server, tmp_path: Path) -> None:
+def test_download_verifies_and_renames(server: FileServer, tmp_path: Path) -> None:
     target = download(f"{server.url}/a.zip", tmp_path / "a.zip", MD5, progress=False)
     assert target.read_bytes() == PAYLOAD
     assert not (tmp_path / "a.zip.part").exists()
@@ -79,19 +34,19 @@ def test_download_verifies_and_renames(server: Server, tmp_path: Path) -> None:
     assert len(server.requests) == 1
 
 
-def test_dropped_connection_is_resumed_with_range(server: Server, tmp_path: Path) -> None:
-    server.mode = "drop"
+def test_dropped_connection_is_resumed_with_range(server: FileServer, tmp_path: Path) -> None:
+    server.faults = ["drop"]
     with pytest.raises(TransientDownloadError, match="resumed on retry"):
         download(f"{server.url}/a.zip", tmp_path / "a.zip", MD5, progress=False)
     partial = (tmp_path / "a.zip.part").stat().st_size
     assert 0 < partial < len(PAYLOAD)
     download(f"{server.url}/a.zip", tmp_path / "a.zip", MD5, progress=False)
-    assert server.requests == [None, f"bytes={partial}-"]
+    assert server.requests == [("a.zip", None), ("a.zip", f"bytes={partial}-")]
     assert (tmp_path / "a.zip").read_bytes() == PAYLOAD
 
 
-def test_server_error_is_transient_and_404_is_not(server: Server, tmp_path: Path) -> None:
-    server.mode = "error500"
+def test_server_error_is_transient_and_404_is_not(server: FileServer, tmp_path: Path) -> None:
+    server.faults = ["500"]
     with pytest.raises(TransientDownloadError, match="HTTP 500"):
         download(f"{server.url}/a.zip", tmp_path / "a.zip", MD5, progress=False)
     with pytest.raises(DownloadError, match="HTTP 404") as info:
@@ -99,7 +54,7 @@ def test_server_error_is_transient_and_404_is_not(server: Server, tmp_path: Path
     assert not isinstance(info.value, TransientDownloadError)
 
 
-def test_checksum_mismatch_sets_the_file_aside(server: Server, tmp_path: Path) -> None:
+def test_checksum_mismatch_sets_the_file_aside(server: FileServer, tmp_path: Path) -> None:
     with pytest.raises(ChecksumError, match="does not match the expected"):
         download(f"{server.url}/a.zip", tmp_path / "a.zip", "0" * 32, progress=False)
     assert not (tmp_path / "a.zip").exists()

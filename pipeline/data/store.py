@@ -46,8 +46,11 @@ class StoreMeta:
     dataset: str
     tile_size: int
     class_names: tuple[str, ...]
+    remainder: str = "drop"
     class_colors: tuple[tuple[int, int, int] | None, ...] = ()
     ignore_index: int | None = None
+    # Classes that enter the mean IoU (DeepGlobe leaves "unknown" out); empty: all but ignore.
+    evaluated_classes: tuple[int, ...] = ()
     has_masks: bool = True
     label_fractions: tuple[float, ...] = ()
     subset_seed: int = 0
@@ -65,6 +68,7 @@ class StoreMeta:
             tuple(c) if c is not None else None for c in raw["class_colors"]
         )
         raw["label_fractions"] = tuple(raw["label_fractions"])
+        raw["evaluated_classes"] = tuple(raw["evaluated_classes"])
         return cls(**raw)
 
 

@@ -12,17 +12,19 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import rasterio
-from rasterio.errors import RasterioError
+from PIL import Image
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from pipeline.data import store
@@ -32,6 +34,27 @@ from pipeline.errors import DataError
 PLAN_FILE = "plan.json"
 PROGRESS_DIR = ".progress"
 UNASSIGNED = "unassigned"
+
+
+@dataclass(frozen=True)
+class MaskDecoder:
+    """How a mask file's pixels become class ids.
+
+    ``index``: one band of class ids (or identical bands, as cv2 writes them). An RGB mask
+    whose bands differ is decoded through ``colors`` (``colors[c]`` is class c, any other
+    colour is an error), or refused when there are none.
+    ``rgb_threshold``: each channel thresholded at 128 into a 3-bit code r*4 + g*2 + b, then
+    ``lut[code]`` (DeepGlobe's official rule for colours that are not exactly 0/255).
+    """
+
+    kind: Literal["index", "rgb_threshold"] = "index"
+    lut: tuple[int, ...] = ()
+    # Codes that are no class's colour; their pixels go to lut[code] and are counted.
+    off_palette_codes: tuple[int, ...] = ()
+    colors: tuple[tuple[int, int, int], ...] = ()
+
+
+INDEX_MASK = MaskDecoder()
 
 
 @dataclass(frozen=True)
@@ -45,6 +68,12 @@ class SceneRecord:
     # Per-tile splits keyed by the official tile number (LandCover.ai's split files).
     tile_splits: Mapping[int, str] | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+    bands: tuple[int, int, int] = (1, 2, 3)
+    # [low, high] -> 0..255 for imagery that is not uint8; None: must be uint8 already.
+    scale: tuple[float, float] | None = None
+    decoder: MaskDecoder = INDEX_MASK
+    # The parameter a user changes when this scene's bands or pixel type are wrong.
+    bands_param: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,7 +81,7 @@ class ScenePlan:
     record: SceneRecord
     height: int
     width: int
-    grid: tuple[tuple[int, int, int], ...]  # (k, y, x) of every full tile, official numbering
+    grid: tuple[tuple[int, int, int], ...]  # (k, y, x) of every tile, in numbering order
     offset: int  # first row of this scene in the store's arrays
 
 
@@ -71,9 +100,7 @@ class TilingPlan:
             "meta": json.loads(self.meta.to_json()),
             "scenes": [
                 [
-                    s.record.scene,
-                    str(s.record.image),
-                    str(s.record.mask),
+                    repr(s.record),
                     s.height,
                     s.width,
                     _file_stamp(s.record.image),
@@ -110,34 +137,130 @@ def official_tile_grid(height: int, width: int, tile_size: int) -> list[tuple[in
     return grid
 
 
-def _scene_size(record: SceneRecord) -> tuple[int, int]:
+def tile_grid(
+    height: int, width: int, tile_size: int, remainder: str = "drop"
+) -> list[tuple[int, int, int]]:
+    """The official grid (``drop``), or one whose last row and column are aligned to the scene's
+    edges (``overlap``), overlapping their neighbours so that every pixel lies in a tile."""
+    if remainder == "drop":
+        return official_tile_grid(height, width, tile_size)
+    if height < tile_size or width < tile_size:
+        return []
+
+    def starts(extent: int) -> list[int]:
+        first = list(range(0, extent - tile_size + 1, tile_size))
+        return first if first[-1] + tile_size == extent else [*first, extent - tile_size]
+
+    positions = [(y, x) for y in starts(height) for x in starts(width)]
+    return [(k, y, x) for k, (y, x) in enumerate(positions)]
+
+
+class _DecodedImage:
+    """PNG/JPEG through PIL, with the part of rasterio's reader interface tiling uses.
+
+    PIL decodes JPEG exactly as cv2 does (libjpeg-turbo), and so as LandCover.ai's split.py,
+    torchgeo and most training code see it; GDAL's JPEG decoder differs by up to 17 levels
+    at chroma edges (mean 0.28 on a DeepGlobe image). These formats are decoded whole anyway.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            with Image.open(path) as header:
+                self.width, self.height = header.size
+                mode = header.mode
+        except (OSError, Image.DecompressionBombError) as exc:
+            raise DataError(f"{path}: cannot read as an image ({exc})") from None
+        self.count = len(mode) if mode in ("RGB", "RGBA", "CMYK", "LA") else 1
+        self.dtypes = [
+            "uint16"
+            if mode.startswith("I;16")
+            else "int32"
+            if mode == "I"
+            else "float32"
+            if mode == "F"
+            else "uint8"
+        ] * self.count
+        self._pixels: npt.NDArray[Any] | None = None
+
+    def __enter__(self) -> _DecodedImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pixels = None
+
+    def read(self, indexes: int | list[int] | None = None, window: Window | None = None) -> Any:
+        if self._pixels is None:
+            try:
+                with Image.open(self.path) as image:
+                    pixels = np.asarray(image)
+            except (OSError, SyntaxError) as exc:
+                raise DataError(f"{self.path}: corrupt or truncated image ({exc})") from None
+            self._pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        bands = self._pixels
+        if window is not None:
+            (r0, r1), (c0, c1) = window.toranges()
+            bands = bands[:, r0:r1, c0:c1]
+        if indexes is None:
+            return bands
+        if isinstance(indexes, int):
+            return bands[indexes - 1]
+        return bands[[i - 1 for i in indexes]]
+
+
+def _open_raster(path: Path) -> Any:
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        return _DecodedImage(path)
     try:
-        with rasterio.open(record.image) as src:
-            height, width, bands, dtype = src.height, src.width, src.count, src.dtypes[0]
-        if record.mask is not None:
-            with rasterio.open(record.mask) as msk:
-                mask_size = (msk.height, msk.width)
-            if mask_size != (height, width):
-                raise DataError(
-                    f"{record.mask}: mask is {mask_size[1]}x{mask_size[0]} but its image "
-                    f"{record.image.name} is {width}x{height}"
-                )
+        with warnings.catch_warnings():
+            # PNG/JPEG scenes carry no georeferencing; that is fine for tiling.
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
     except RasterioError as exc:
-        raise DataError(f"{record.image}: cannot read as a raster ({exc})") from None
-    if bands != 3:
-        raise DataError(f"{record.image}: expected 3 bands (RGB), found {bands}")
-    if dtype != "uint8":
-        raise DataError(f"{record.image}: expected uint8 pixels, found {dtype}")
+        raise DataError(f"{path}: cannot read as a raster ({exc})") from None
+
+
+def _scene_size(record: SceneRecord) -> tuple[int, int]:
+    hint = f"; set {record.bands_param}" if record.bands_param else ""
+    with _open_raster(record.image) as src:
+        height, width, count, dtype = src.height, src.width, src.count, src.dtypes[0]
+    if record.bands == (1, 2, 3) and count != 3:
+        raise DataError(f"{record.image}: expected 3 bands (RGB), found {count}{hint}")
+    if max(record.bands) > count:
+        raise DataError(
+            f"{record.image}: has {count} bands, bands {list(record.bands)} asked{hint}"
+        )
+    if dtype != "uint8" and record.scale is None:
+        raise DataError(
+            f"{record.image}: expected uint8 pixels, found {dtype}"
+            + (
+                f"; set {record.bands_param.replace('bands', 'scale')}"
+                if record.bands_param
+                else ""
+            )
+        )
+    if record.mask is not None:
+        with _open_raster(record.mask) as msk:
+            mask_size = (msk.height, msk.width)
+        if mask_size != (height, width):
+            raise DataError(
+                f"{record.mask}: mask is {mask_size[1]}x{mask_size[0]} but its image "
+                f"{record.image.name} is {width}x{height}"
+            )
     return height, width
 
 
 def plan_tiling(records: Sequence[SceneRecord], meta: StoreMeta) -> TilingPlan:
     """Read every scene's header and assign each scene its slice of the store."""
+    names = [r.scene for r in records]
+    if len(set(names)) != len(names):
+        duplicate = next(n for n in names if names.count(n) > 1)
+        raise DataError(f"scene name {duplicate!r} occurs twice; scene names must be unique")
     scenes = []
     offset = 0
     for record in records:
         height, width = _scene_size(record)
-        grid = tuple(official_tile_grid(height, width, meta.tile_size))
+        grid = tuple(tile_grid(height, width, meta.tile_size, meta.remainder))
         scenes.append(ScenePlan(record, height, width, grid, offset))
         offset += len(grid)
     return TilingPlan(meta, tuple(scenes))
@@ -161,6 +284,49 @@ def prepare_store(plan: TilingPlan, out_dir: Path) -> list[ScenePlan]:
     return list(plan.scenes)
 
 
+def _to_uint8(strip: npt.NDArray[Any], scale: tuple[float, float] | None) -> npt.NDArray[np.uint8]:
+    if scale is None:
+        return strip.astype(np.uint8, copy=False)
+    low, high = scale
+    scaled = (strip.astype(np.float32) - low) * (255.0 / (high - low))
+    out: npt.NDArray[np.uint8] = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return out
+
+
+def decode_mask(
+    strip: npt.NDArray[np.uint8], decoder: MaskDecoder, path: Path
+) -> tuple[npt.NDArray[np.uint8], int]:
+    """(bands, H, W) mask pixels -> (H, W) class ids, and the count of off-palette pixels."""
+    if decoder.kind == "rgb_threshold":
+        if strip.shape[0] < 3:
+            raise DataError(f"{path}: expected an RGB mask, found {strip.shape[0]} band(s)")
+        bits = strip[:3] >= 128
+        codes = bits[0] * 4 + bits[1] * 2 + bits[2]
+        lut = np.asarray(decoder.lut, dtype=np.uint8)
+        off = int(np.isin(codes, decoder.off_palette_codes).sum())
+        return lut[codes], off
+    if strip.shape[0] == 1 or (strip == strip[:1]).all():
+        return strip[0], 0
+    if not decoder.colors or strip.shape[0] < 3:
+        raise DataError(
+            f"{path}: mask has {strip.shape[0]} bands that differ; a class-id mask needs one "
+            "band, an RGB mask needs colours in the classes file"
+        )
+    packed = (strip[0].astype(np.int32) << 16) | (strip[1].astype(np.int32) << 8) | strip[2]
+    out = np.full(packed.shape, 255, dtype=np.uint8)
+    for class_id, (r, g, b) in enumerate(decoder.colors):
+        out[packed == (r << 16 | g << 8 | b)] = class_id
+    unmatched = out == 255
+    if unmatched.any():
+        value = int(packed[unmatched][0])
+        colour = (value >> 16, (value >> 8) & 255, value & 255)
+        raise DataError(
+            f"{path}: mask colour {colour} is none of the classes file's colours "
+            f"({int(unmatched.sum())} pixels in this strip)"
+        )
+    return out, 0
+
+
 def _check_mask_values(counts: npt.NDArray[np.int64], meta: StoreMeta, path: Path) -> None:
     n_classes = len(meta.class_names)
     bad = [v for v in np.flatnonzero(counts).tolist() if v >= n_classes and v != meta.ignore_index]
@@ -182,14 +348,14 @@ def tile_scene(scene: ScenePlan, out_dir: Path, meta: StoreMeta) -> int:
         by_row.setdefault(y, []).append((k, y, x))
     try:
         with ExitStack() as stack:
-            src = stack.enter_context(rasterio.open(record.image))
-            msk = stack.enter_context(rasterio.open(record.mask)) if record.mask else None
+            src = stack.enter_context(_open_raster(record.image))
+            msk = stack.enter_context(_open_raster(record.mask)) if record.mask else None
             position = scene.offset
             for y, cells in by_row.items():
                 # One strip per tile row: bounded memory and few, large reads.
-                window = Window(0, y, cells[-1][2] + size, size)
-                strip = src.read((1, 2, 3), window=window)
-                mask_strip = msk.read(1, window=window) if msk is not None else None
+                window = Window(0, y, max(x for _, _, x in cells) + size, size)
+                strip = _to_uint8(src.read(list(record.bands), window=window), record.scale)
+                mask_strip = msk.read(window=window) if msk is not None else None
                 for k, _, x in cells:
                     images[position] = strip[:, :, x : x + size].transpose(1, 2, 0)
                     row: dict[str, Any] = {
@@ -200,15 +366,20 @@ def tile_scene(scene: ScenePlan, out_dir: Path, meta: StoreMeta) -> int:
                         "x": x,
                         "split": _split_of(record, k),
                         "row": position,
+                        "labelled": mask_strip is not None,
                         **record.extra,
                     }
-                    if mask_strip is not None and masks is not None:
-                        tile_mask = mask_strip[:, x : x + size]
+                    if mask_strip is not None and masks is not None and record.mask is not None:
+                        tile_mask, off_palette = decode_mask(
+                            mask_strip[:, :, x : x + size], record.decoder, record.mask
+                        )
                         masks[position] = tile_mask
                         counts = np.bincount(tile_mask.ravel(), minlength=256).astype(np.int64)
                         _check_mask_values(counts, meta, record.mask or record.image)
                         for c in range(n_classes):
                             row[store.hist_column(c)] = int(counts[c])
+                        if record.decoder.off_palette_codes:
+                            row["off_palette_px"] = off_palette
                     rows.append(row)
                     position += 1
     except RasterioError as exc:
@@ -247,6 +418,9 @@ def finalize_store(plan: TilingPlan, out_dir: Path) -> pd.DataFrame:
         )
     index = index.sort_values("row", ignore_index=True)
     meta = plan.meta
+    # Unlabelled rows (LoveDA's Test) have no histogram: zero counts, not NaN.
+    counted = [c for c in index.columns if c.startswith(("hist_", "off_palette_px"))]
+    index[counted] = index[counted].fillna(0).astype(np.int64)
     if meta.has_masks and meta.label_fractions:
         index = store.add_label_fractions(
             index, len(meta.class_names), meta.ignore_index, meta.label_fractions, meta.subset_seed
@@ -271,4 +445,8 @@ def summarize(index: pd.DataFrame, meta: StoreMeta) -> dict[str, Any]:
         }
         total = sum(pixels.values()) or 1
         summary["class_pixel_share"] = {k: round(v / total, 4) for k, v in pixels.items()}
+    if "off_palette_px" in index:
+        summary["off_palette_px"] = int(index["off_palette_px"].sum())
+    if "labelled" in index and not index["labelled"].all():
+        summary["unlabelled_tiles"] = int((~index["labelled"]).sum())
     return summary

@@ -6,6 +6,9 @@ retry can fix, analytics off. With no ``PREFECT_API_URL`` Prefect starts a tempo
 server; with it set, runs report to that server.
 """
 
+from pipeline.flows.common import quiet_user_error_tracebacks
 from pipeline.flows.data import download_flow, synth_flow, tile_flow
+
+quiet_user_error_tracebacks()
 
 __all__ = ["download_flow", "synth_flow", "tile_flow"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from pipeline.errors import PipelineError
 
 
 @contextmanager
@@ -28,3 +31,25 @@ def api_for_subprocesses() -> Iterator[str]:
         yield url
     finally:
         os.environ.pop("PREFECT_API_URL", None)
+
+
+class _NoTracebackForUserErrors(logging.Filter):
+    """A PipelineError already says what to fix in one line; its traceback is noise.
+
+    Prefect logs every failed run with the exception's traceback. For errors a user acts on
+    (a missing file, a wrong checksum, a bad parameter) keep the message, drop the traceback.
+    Anything else keeps its traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], PipelineError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def quiet_user_error_tracebacks() -> None:
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTracebackForUserErrors) for f in logger.filters):
+            logger.addFilter(_NoTracebackForUserErrors())

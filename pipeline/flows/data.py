@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,11 @@ from prefect.task_runners import ProcessPoolTaskRunner
 from tqdm import tqdm
 
 from pipeline import tracking
-from pipeline.config import Params, params_to_yaml
+from pipeline.config import Params, SourceParams, params_to_yaml
 from pipeline.data import catalog, download, store, tiling
 from pipeline.data.catalog import RemoteFile
 from pipeline.data.store import StoreMeta
-from pipeline.errors import DataError, TransientDownloadError
+from pipeline.errors import DataError, DownloadError, TransientDownloadError
 from pipeline.flows.common import api_for_subprocesses
 
 SOURCE_FILE = "source.json"
@@ -48,28 +49,79 @@ def retry_if_transient(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class Location:
+    """Where one archive of a dataset comes from, resolved from the catalog and params."""
+
+    remote: RemoteFile
+    url: str | None  # set: download it
+    path: Path | None  # set: a local archive (verified in place) or an extracted folder
+    md5: str | None
+
+
+def resolve_locations(
+    info: catalog.DatasetInfo, source: SourceParams, root: Path, dataset: str
+) -> list[Location]:
+    """Each archive's location. With several archives (LoveDA), ``url`` is the folder or URL
+    prefix that holds them all by their official names, or a folder already extracted."""
+    param = f"data.sources.{dataset}.url"
+    several = len(info.sources) > 1
+    locations = []
+    for remote in info.sources:
+        md5 = None if source.md5 == "skip" else (source.md5 or remote.md5)
+        if source.url is None:
+            if remote.url is None:
+                raise DownloadError(f"{dataset}: {info.how_to_get}")
+            locations.append(Location(remote, remote.url, None, md5))
+            continue
+        local = download.local_path(source.url, root)
+        if local is None:
+            url = f"{source.url.rstrip('/')}/{remote.filename}" if several else source.url
+            locations.append(Location(remote, url, None, md5))
+        elif local.is_dir():
+            archive = local / remote.filename
+            if archive.is_file():
+                locations.append(Location(remote, None, archive, md5))
+            else:  # an extracted copy: nothing to verify
+                locations.append(Location(remote, None, local, None))
+        elif local.is_file():
+            if several:
+                raise DataError(
+                    f"{param}: {local} is one file, but {dataset} has {len(info.sources)} "
+                    f"archives ({', '.join(r.filename for r in info.sources)}); give their folder"
+                )
+            if source.md5 is None and local.name != remote.filename:
+                # Not the archive whose md5 we know (another copy or layout): nothing to check.
+                print(f"{local.name}: not {remote.filename}, md5 not checked ({param})")
+                md5 = None
+            locations.append(Location(remote, None, local, md5))
+        else:
+            hint = f"; {info.how_to_get}" if info.how_to_get else ""
+            raise DataError(f"{local}: not found ({param}){hint}")
+    return locations
+
+
 @task(
     name="fetch-archive",
-    task_run_name="fetch {remote.filename}",
+    task_run_name="fetch {location.remote.filename}",
     retries=4,
     retry_delay_seconds=[2, 10, 30, 60],
     retry_condition_fn=retry_if_transient,
     cache_policy=NONE,
 )
-def fetch_archive(
-    remote: RemoteFile, location: str, md5: str | None, dest: Path, root: Path, timeout_s: float
-) -> Path:
+def fetch_archive(location: Location, dest: Path, timeout_s: float, param: str) -> Path:
     """A local archive is verified in place (never copied); a URL is downloaded into ``dest``."""
-    param = "data.sources.<dataset>.url"
-    local = download.local_path(location, root)
-    if local is not None:
-        if not local.exists():
-            raise DataError(f"{local}: archive not found ({param})")
-        if local.is_file():
-            download.verify(local, md5, f"local archive; set {param} or its md5")
-        return local
+    if location.path is not None:
+        if location.path.is_file():
+            download.verify(location.path, location.md5, f"local archive; set {param} or its md5")
+        return location.path
+    assert location.url is not None
     return download.download(
-        location, dest / remote.filename, md5, timeout_s=timeout_s, param_name=param
+        location.url,
+        dest / location.remote.filename,
+        location.md5,
+        timeout_s=timeout_s,
+        param_name=param,
     )
 
 
@@ -82,17 +134,20 @@ def extract_archive(archive: Path, target: Path, max_unpacked_gb: float) -> Path
 
 @flow(name="download", flow_run_name="download-{dataset}", log_prints=True)
 def download_flow(dataset: str, params: Params, root: Path) -> Path:
-    """Fetch, verify and extract one dataset's archives into ``data/raw/<dataset>``."""
-    info = catalog.get_dataset(dataset)
-    source = params.data.source(dataset)  # type: ignore[arg-type]
+    """Fetch, verify and extract one dataset's archives into ``data/raw/<dataset>``.
+
+    A user's own imagery (``data.custom``) is used where it lies: nothing is copied.
+    """
+    data = params.data
+    info = catalog.get_dataset(dataset, data, root)
+    source = data.source(dataset)
     out = raw_dir(root, dataset)
     started = time.perf_counter()
-    section = {
-        "data": {
-            "sources": {dataset: source.model_dump()},
-            "download": params.data.download.model_dump(),
-        }
-    }
+    section: dict[str, Any] = {"data": {"download": data.download.model_dump()}}
+    if dataset in data.custom:
+        section["data"]["custom"] = {dataset: data.custom[dataset].model_dump()}
+    else:
+        section["data"]["sources"] = {dataset: source.model_dump()}
     with tracking.stage_run(
         "download",
         root=root,
@@ -101,32 +156,45 @@ def download_flow(dataset: str, params: Params, root: Path) -> Path:
         resolved_params_yaml=params_to_yaml(params),
         experiment_prefix=params.tracking.experiment_prefix,
     ) as run:
-        extracted = []
-        for remote in info.sources:
-            location = source.url or remote.url
-            md5 = None if source.md5 == "skip" else (source.md5 or remote.md5)
+        import mlflow
+
+        extracted: list[dict[str, Any]] = []
+        if dataset in data.custom:
+            folder = (root / data.custom[dataset].images).resolve()
+            if not folder.is_dir():
+                raise DataError(f"{folder}: not a folder (data.custom.{dataset}.images)")
+            extracted.append(
+                {"archive": None, "location": str(folder), "md5": None, "folder": str(folder)}
+            )
+        for location in resolve_locations(info, source, root, dataset):
             archive = fetch_archive(
-                remote, location, md5, out / "archives", root, params.data.download.timeout_s
+                location, out / "archives", data.download.timeout_s, f"data.sources.{dataset}.url"
             )
             folder = extract_archive(
-                archive, out / "extracted", params.data.download.max_unpacked_gb
+                archive,
+                out / "extracted" / Path(location.remote.filename).stem,
+                data.download.max_unpacked_gb,
             )
-            extracted.append(
-                {
-                    "archive": remote.filename,
-                    "location": location,
-                    "md5": md5,
-                    "folder": str(Path(folder).resolve()),
-                }
-            )
+            entry = {
+                "archive": location.remote.filename,
+                "location": location.url or str(location.path),
+                "md5": location.md5,
+                "folder": str(Path(folder).resolve()),
+            }
+            if all(e["folder"] != entry["folder"] for e in extracted):
+                extracted.append(entry)
+            if (
+                not data.download.keep_archive
+                and location.url is not None
+                and Path(archive).parent == out / "archives"
+            ):
+                Path(archive).unlink()
         (out / SOURCE_FILE).write_text(
             json.dumps({"dataset": dataset, "sources": extracted}, indent=2)
         )
-        import mlflow
-
         mlflow.log_metric("seconds", time.perf_counter() - started)
         mlflow.log_dict({"sources": extracted}, "sources.json")
-        print(f"{dataset}: verified and extracted into {out} (MLflow run {run.info.run_id})")
+        print(f"{dataset}: ready in {out} (MLflow run {run.info.run_id})")
     return out
 
 
@@ -145,15 +213,18 @@ def _source_folders(raw: Path) -> list[Path]:
 @flow(name="tile", flow_run_name="tile-{dataset}", log_prints=True)
 def tile_flow(dataset: str, params: Params, root: Path) -> dict[str, Any]:
     """Cut one dataset's scenes into ``data/tiles/<dataset>`` with its index and subsets."""
-    info = catalog.get_dataset(dataset)
     data = params.data
+    info = catalog.get_dataset(dataset, data, root)
+    tiling_params = data.tiling_for(dataset)
     out = tiles_dir(root, dataset)
     started = time.perf_counter()
     section = {
         "data": {
-            "tile_size": data.tile_size,
+            "tiling": {dataset: tiling_params.model_dump()},
             "label_fractions": data.label_fractions,
             "subset_seed": data.subset_seed,
+            "split_fractions": data.split_fractions,
+            "split_seed": data.split_seed,
             "workers": data.workers,
         }
     }
@@ -170,15 +241,17 @@ def tile_flow(dataset: str, params: Params, root: Path) -> dict[str, Any]:
         records = [
             r
             for folder in _source_folders(raw_dir(root, dataset))
-            for r in info.scene_records(folder)
+            for r in info.scene_records(folder, data)
         ]
         meta = StoreMeta(
             dataset=dataset,
-            tile_size=data.tile_size,
+            tile_size=tiling_params.tile_size,
+            remainder=tiling_params.remainder,
             class_names=info.class_names,
             class_colors=info.class_colors,
             ignore_index=info.ignore_index,
-            has_masks=True,
+            evaluated_classes=info.evaluated_classes,
+            has_masks=info.has_masks,
             label_fractions=tuple(sorted(data.label_fractions, reverse=True)),
             subset_seed=data.subset_seed,
         )
@@ -238,17 +311,18 @@ def synth_flow(out: Path, params: Params, root: Path) -> Path:
     from pipeline.data.synthetic import write_archive_from_params
 
     spec = params.synthetic
+    tile_size = params.data.tiling_for("landcoverai").tile_size
     with tracking.stage_run(
         "synthesize",
         root=root,
         run_name=out.name,
-        params={"synthetic": spec.model_dump(), "data": {"tile_size": params.data.tile_size}},
+        params={"synthetic": spec.model_dump(), "data": {"tile_size": tile_size}},
         resolved_params_yaml=params_to_yaml(params),
         experiment_prefix=params.tracking.experiment_prefix,
     ):
         import mlflow
 
-        archive = write_archive_from_params(out, spec, params.data.tile_size)
+        archive = write_archive_from_params(out, spec, tile_size)
         counts = {split: len(ids) for split, ids in archive.splits.items()}
         mlflow.log_metrics({f"tiles.{k}": v for k, v in counts.items()})
         mlflow.set_tag("archive.md5", archive.md5)
