@@ -60,19 +60,32 @@ class SourceParams(_Section):
         description="A mirror URL (http, https, file) or a local path to the archive or an "
         "extracted folder; null uses the catalog's official URL.",
     )
-    md5: str | None = Field(
+    md5: str | dict[str, str] | None = Field(
         default=None,
-        description="Expected md5 of the archive; null uses the catalog's; 'skip' checks nothing.",
+        description="Expected md5 of the archive (or {archive file name: md5} for a dataset of "
+        "several archives); null uses the catalog's; 'skip' checks nothing.",
     )
 
     @field_validator("md5")
     @classmethod
-    def _md5_is_hex(cls, value: str | None) -> str | None:
+    def _md5_is_hex(cls, value: str | dict[str, str] | None) -> str | dict[str, str] | None:
         if value is None or value == "skip":
             return value
-        if len(value) != 32 or any(c not in "0123456789abcdef" for c in value.lower()):
-            raise ValueError(f"must be 32 hex digits or 'skip', got {value!r}")
+        digests = value if isinstance(value, dict) else {"": value}
+        for digest in digests.values():
+            if len(digest) != 32 or any(c not in "0123456789abcdef" for c in digest.lower()):
+                raise ValueError(f"must be 32 hex digits or 'skip', got {digest!r}")
+        if isinstance(value, dict):
+            return {name: digest.lower() for name, digest in value.items()}
         return value.lower()
+
+    def md5_for(self, filename: str, catalog_md5: str) -> str | None:
+        """The md5 one archive must have; None: not checked."""
+        if self.md5 == "skip":
+            return None
+        if isinstance(self.md5, dict):
+            return self.md5.get(filename, catalog_md5)
+        return self.md5 or catalog_md5
 
 
 class DownloadParams(_Section):

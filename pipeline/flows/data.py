@@ -68,7 +68,7 @@ def resolve_locations(
     several = len(info.sources) > 1
     locations = []
     for remote in info.sources:
-        md5 = None if source.md5 == "skip" else (source.md5 or remote.md5)
+        md5 = source.md5_for(remote.filename, remote.md5)
         if source.url is None:
             if remote.url is None:
                 raise DownloadError(f"{dataset}: {info.how_to_get}")
@@ -189,6 +189,7 @@ def download_flow(dataset: str, params: Params, root: Path) -> Path:
                 and Path(archive).parent == out / "archives"
             ):
                 Path(archive).unlink()
+        out.mkdir(parents=True, exist_ok=True)
         (out / SOURCE_FILE).write_text(
             json.dumps({"dataset": dataset, "sources": extracted}, indent=2)
         )
