@@ -40,7 +40,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
     if "prefect.server.api.server" not in sys.modules:
         return
+    from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
 
+    APILogWorker.drain_all()  # ship pending run logs while the server still listens
     for server in list(SubprocessASGIServer._instances.values()):
         server.stop()
