@@ -66,6 +66,17 @@ def _load(params_file: Path, overrides: list[str] | None) -> tuple[Any, Path]:
     return load_params(params_file, overrides or []), root
 
 
+def _per_dataset(
+    flow_name: str, datasets: list[str] | None, params_file: Path, overrides: list[str] | None
+) -> None:
+    params, root = _load(params_file, overrides)
+    from pipeline import flows
+
+    run = getattr(flows, flow_name)
+    for dataset in datasets or params.data.datasets:
+        run(dataset, params, root)
+
+
 @app.command()
 @one_line_errors
 def download(
@@ -74,11 +85,7 @@ def download(
     overrides: SetOption = None,
 ) -> None:
     """Fetch, verify (md5) and safely extract each dataset's archives into data/raw/."""
-    params, root = _load(params_file, overrides)
-    from pipeline.flows import download_flow
-
-    for dataset in datasets or params.data.datasets:
-        download_flow(dataset, params, root)
+    _per_dataset("download_flow", datasets, params_file, overrides)
 
 
 @app.command()
@@ -89,11 +96,7 @@ def tile(
     overrides: SetOption = None,
 ) -> None:
     """Cut each dataset's scenes into the tile store data/tiles/<dataset> with its index."""
-    params, root = _load(params_file, overrides)
-    from pipeline.flows import tile_flow
-
-    for dataset in datasets or params.data.datasets:
-        tile_flow(dataset, params, root)
+    _per_dataset("tile_flow", datasets, params_file, overrides)
 
 
 @app.command()

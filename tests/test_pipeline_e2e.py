@@ -34,7 +34,7 @@ def test_download_and_tile_flows(small_archive: SyntheticArchive, tmp_path: Path
         }
     )
     raw = download_flow("landcoverai", params, tmp_path)
-    assert (raw / "extracted" / "images").is_dir()
+    assert (raw / "extracted" / "landcover.ai.v1" / "images").is_dir()
     summary = tile_flow("landcoverai", params, tmp_path)
     n_tiles = sum(len(ids) for ids in small_archive.splits.values())
     assert summary["tiles"] == n_tiles

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
 
+from pipeline import tracking
+from pipeline.config import Params, params_to_yaml
 from pipeline.errors import PipelineError
 
 
@@ -53,3 +57,23 @@ def quiet_user_error_tracebacks() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoTracebackForUserErrors) for f in logger.filters):
             logger.addFilter(_NoTracebackForUserErrors())
+
+
+def tracked_run(
+    stage: str,
+    params: Params,
+    root: Path,
+    run_name: str,
+    section: Mapping[str, Any],
+    tile_index_hash: str | None = None,
+) -> AbstractContextManager[Any]:
+    """The stage's MLflow run: the params it reads, the resolved file, the project's prefix."""
+    return tracking.stage_run(
+        stage,
+        root=root,
+        run_name=run_name,
+        params=section,
+        resolved_params_yaml=params_to_yaml(params),
+        tile_index_hash=tile_index_hash,
+        experiment_prefix=params.tracking.experiment_prefix,
+    )

@@ -15,12 +15,12 @@ from prefect.task_runners import ProcessPoolTaskRunner
 from tqdm import tqdm
 
 from pipeline import tracking
-from pipeline.config import Params, SourceParams, params_to_yaml
+from pipeline.config import Params, SourceParams
 from pipeline.data import catalog, download, store, tiling
 from pipeline.data.catalog import RemoteFile
 from pipeline.data.store import StoreMeta
 from pipeline.errors import DataError, DownloadError, TransientDownloadError
-from pipeline.flows.common import api_for_subprocesses
+from pipeline.flows.common import api_for_subprocesses, tracked_run
 
 SOURCE_FILE = "source.json"
 
@@ -148,14 +148,7 @@ def download_flow(dataset: str, params: Params, root: Path) -> Path:
         section["data"]["custom"] = {dataset: data.custom[dataset].model_dump()}
     else:
         section["data"]["sources"] = {dataset: source.model_dump()}
-    with tracking.stage_run(
-        "download",
-        root=root,
-        run_name=dataset,
-        params=section,
-        resolved_params_yaml=params_to_yaml(params),
-        experiment_prefix=params.tracking.experiment_prefix,
-    ) as run:
+    with tracked_run("download", params, root, dataset, section) as run:
         import mlflow
 
         extracted: list[dict[str, Any]] = []
@@ -229,14 +222,7 @@ def tile_flow(dataset: str, params: Params, root: Path) -> dict[str, Any]:
             "workers": data.workers,
         }
     }
-    with tracking.stage_run(
-        "tile",
-        root=root,
-        run_name=dataset,
-        params=section,
-        resolved_params_yaml=params_to_yaml(params),
-        experiment_prefix=params.tracking.experiment_prefix,
-    ):
+    with tracked_run("tile", params, root, dataset, section):
         import mlflow
 
         records = [
@@ -313,13 +299,12 @@ def synth_flow(out: Path, params: Params, root: Path) -> Path:
 
     spec = params.synthetic
     tile_size = params.data.tiling_for("landcoverai").tile_size
-    with tracking.stage_run(
+    with tracked_run(
         "synthesize",
-        root=root,
-        run_name=out.name,
-        params={"synthetic": spec.model_dump(), "data": {"tile_size": tile_size}},
-        resolved_params_yaml=params_to_yaml(params),
-        experiment_prefix=params.tracking.experiment_prefix,
+        params,
+        root,
+        out.name,
+        {"synthetic": spec.model_dump(), "data": {"tile_size": tile_size}},
     ):
         import mlflow
 
