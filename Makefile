@@ -49,9 +49,9 @@ test-fast: install  ## The unit tests only.
 demo: install  ## Run the pipeline on the embedded synthetic data (CPU, minutes); outputs in demo/.
 	cd demo && dvc repro
 	@echo
-	@echo "Tile store:   demo/data/tiles/landcoverai (index.parquet, summary.json)"
+	@echo "Tile store:   demo/data/tiles/landcoverai/ (index.parquet), summary in demo/data/tiles/landcoverai.summary.json"
 	@echo "MLflow UI:    make mlflow-ui   (or: sop mlflow-ui --params demo/params.yaml)"
-	@cd demo && dvc metrics show dvc.yaml
+	@cd demo && dvc metrics show
 
 mlflow-ui: install  ## Serve the demo's MLflow runs on http://127.0.0.1:5000.
 	$(BIN)/sop mlflow-ui --params demo/params.yaml
