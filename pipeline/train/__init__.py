@@ -1,0 +1,1 @@
+"""Training: the overlap pretext task's sampling, losses and metrics (the engine comes next)."""
