@@ -1,0 +1,157 @@
+"""The overlap (pretext) models: source + subimage -> logits of the subimage's mask.
+
+After pretraining only ``encoder`` is kept (the ViT, or the ResNet's source encoder A); the
+decoder, and the ResNet's subimage encoder B, are thrown away (paper.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.models.backbones import BACKBONES, create_backbone
+
+
+class MaskDecoder(nn.Module):
+    """Blocks of conv3x3-BN-ReLU, each after a 2x bilinear upsampling, then a 1x1 conv to one
+    channel; the logits are upsampled to the source size (decoding at full resolution would cost
+    more than the encoder on a CPU)."""
+
+    def __init__(self, in_channels: int, channels: tuple[int, ...] = (128, 64, 32)) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        previous = in_channels
+        for width in channels:
+            blocks += [
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                nn.Conv2d(previous, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            previous = width
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Conv2d(previous, 1, 1)
+
+    def forward(self, features: Tensor, size: int) -> Tensor:
+        logits = self.head(self.blocks(features))
+        upsampled: Tensor = F.interpolate(
+            logits, size=(size, size), mode="bilinear", align_corners=False
+        )
+        return upsampled
+
+
+class ViTOverlapModel(nn.Module):
+    """[CLS] + source tokens + a learned [SEP] + subimage tokens, through one ViT.
+
+    Each image's tokens carry the positional embedding interpolated to its own patch grid; the
+    subimage tokens also get a learned segment embedding that marks them as the subimage. The
+    source's output tokens, back on their grid, are decoded to the mask.
+    """
+
+    def __init__(
+        self, backbone: str, source_size: int, decoder_channels: tuple[int, ...] = (128, 64, 32)
+    ) -> None:
+        super().__init__()
+        # Any: timm's ViT attributes (patch_embed, _pos_embed, blocks) are dynamic to mypy.
+        encoder: Any = create_backbone(backbone, source_size)
+        self.encoder = encoder
+        dim = int(encoder.embed_dim)
+        self.sep_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.segment_embed = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.sep_token, std=0.02)
+        nn.init.trunc_normal_(self.segment_embed, std=0.02)
+        self.decoder = MaskDecoder(dim, decoder_channels)
+
+    def forward(self, source: Tensor, subimage: Tensor) -> Tensor:
+        vit: Any = self.encoder
+        source_grid = vit.patch_embed(source)  # (B, h, w, D): NHWC with dynamic_img_size
+        height, width = source_grid.shape[1:3]
+        source_tokens = vit._pos_embed(source_grid)  # [CLS] + h*w, positions for (h, w)
+        # The subimage's own [CLS] is dropped: one [CLS] per sequence.
+        subimage_tokens = vit._pos_embed(vit.patch_embed(subimage))[:, vit.num_prefix_tokens :]
+        batch = source.shape[0]
+        tokens = torch.cat(
+            [
+                source_tokens,
+                self.sep_token.expand(batch, -1, -1),
+                subimage_tokens + self.segment_embed,
+            ],
+            dim=1,
+        )
+        tokens = vit.norm(vit.blocks(vit.norm_pre(vit.patch_drop(tokens))))
+        start = vit.num_prefix_tokens
+        grid = tokens[:, start : start + height * width].transpose(1, 2)
+        features = grid.reshape(batch, -1, height, width)
+        logits: Tensor = self.decoder(features, source.shape[-1])
+        return logits
+
+
+class DualEncoderOverlapModel(nn.Module):
+    """ResNet encoder A on the source, encoder B on the subimage, fused by a depthwise
+    cross-correlation of B's stride-16 map slid over A's (as in Siamese trackers).
+
+    Both maps are projected to ``fusion_channels`` and L2-normalised per position, so the
+    correlation is a mean cosine similarity in [-1, 1]; it is concatenated with A's projection
+    and decoded. Sharing A and B is a parameter.
+    """
+
+    STAGE = 3  # timm features_only index of the stride-16 stage
+
+    def __init__(
+        self,
+        backbone: str,
+        share_encoders: bool = False,
+        fusion_channels: int = 256,
+        decoder_channels: tuple[int, ...] = (128, 64, 32, 32),
+    ) -> None:
+        super().__init__()
+        encoder: Any = create_backbone(backbone, 0)
+        self.encoder = encoder
+        self.subimage_encoder = encoder if share_encoders else create_backbone(backbone, 0)
+        channels = encoder.feature_info.channels()[self.STAGE]
+        self.project_source = nn.Conv2d(channels, fusion_channels, 1)
+        self.project_subimage = nn.Conv2d(channels, fusion_channels, 1)
+        self.correlation_norm = nn.BatchNorm2d(fusion_channels)
+        self.decoder = MaskDecoder(2 * fusion_channels, decoder_channels)
+
+    def _stride16(self, encoder: Any, image: Tensor) -> Tensor:
+        features: Tensor = encoder(image)[self.STAGE]
+        return features
+
+    def forward(self, source: Tensor, subimage: Tensor) -> Tensor:
+        a = F.normalize(self.project_source(self._stride16(self.encoder, source)), dim=1)
+        b = F.normalize(
+            self.project_subimage(self._stride16(self.subimage_encoder, subimage)), dim=1
+        )
+        batch, channels, height, width = a.shape
+        kh, kw = b.shape[-2:]
+        # Depthwise: each (sample, channel) of B is a kernel over the same (sample, channel) of A.
+        correlation = F.conv2d(
+            a.reshape(1, batch * channels, height, width),
+            b.reshape(batch * channels, 1, kh, kw),
+            padding=(kh // 2, kw // 2),
+            groups=batch * channels,
+        )[..., :height, :width].reshape(batch, channels, height, width) / (kh * kw)
+        fused = torch.cat([a, self.correlation_norm(correlation)], dim=1)
+        logits: Tensor = self.decoder(fused, source.shape[-1])
+        return logits
+
+
+def create_overlap_model(
+    backbone: str, source_size: int, subimage_size: int, share_encoders: bool = False
+) -> nn.Module:
+    """The overlap model for a registry backbone at the given pretext sizes."""
+    family = BACKBONES[backbone].family
+    if family == "vit":
+        return ViTOverlapModel(backbone, source_size)
+    if subimage_size < 16:
+        raise ValueError(f"subimage {subimage_size} is below the ResNet's stride-16 map")
+    return DualEncoderOverlapModel(backbone, share_encoders=share_encoders)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(math.prod(p.shape) for p in module.parameters())

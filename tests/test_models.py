@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.config import BACKBONE_INPUT_MULTIPLE
+from pipeline.models.backbones import BACKBONES, create_backbone
+from pipeline.models.overlap import (
+    DualEncoderOverlapModel,
+    ViTOverlapModel,
+    count_parameters,
+    create_overlap_model,
+)
+
+DEMO = ["vit_tiny_demo", "resnet_demo"]
+
+
+def test_registry_matches_the_params_schema() -> None:
+    assert set(BACKBONES) == set(BACKBONE_INPUT_MULTIPLE)
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_backbone_builds(name: str) -> None:
+    model = create_backbone(name, 224)
+    assert count_parameters(model) > 0
+    if name == "vits14":
+        # ViT-S/14 as DINOv2 ships it: 21.6M parameters (classifier removed), dim 384.
+        assert model.embed_dim == 384
+        assert 21.5e6 < count_parameters(model) < 21.8e6
+
+
+@pytest.mark.parametrize("name", DEMO)
+@pytest.mark.parametrize(("source", "subimage"), [(224, 112), (224, 56), (112, 56)])
+def test_overlap_logits_cover_the_source(name: str, source: int, subimage: int) -> None:
+    model = create_overlap_model(name, source, subimage).eval()
+    with torch.no_grad():
+        logits = model(torch.rand(2, 3, source, source), torch.rand(2, 3, subimage, subimage))
+    assert logits.shape == (2, 1, source, source)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", ["vits14", "resnet50"])
+def test_full_size_models_at_the_paper_sizes(name: str) -> None:
+    model = create_overlap_model(name, 224, 112).eval()
+    with torch.no_grad():
+        logits = model(torch.rand(1, 3, 224, 224), torch.rand(1, 3, 112, 112))
+    assert logits.shape == (1, 1, 224, 224)
+
+
+@pytest.mark.parametrize("name", DEMO)
+def test_the_mask_depends_on_the_subimage_and_gradients_reach_every_part(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_overlap_model(name, 112, 56).eval()
+    source = torch.rand(2, 3, 112, 112)
+    first = model(source, torch.rand(2, 3, 56, 56))
+    second = model(source, torch.rand(2, 3, 56, 56))
+    # The subimage reaches the source's tokens or map. At random init the DINOv2 LayerScale
+    # (1e-5) keeps token mixing tiny, so ask for any difference, not a large one.
+    assert not torch.equal(first, second)
+    model.train()
+    model(source, torch.rand(2, 3, 56, 56)).mean().backward()
+    if isinstance(model, ViTOverlapModel):
+        parts = [model.sep_token, model.segment_embed, model.encoder.pos_embed]
+    else:
+        assert isinstance(model, DualEncoderOverlapModel)
+        parts = [next(model.encoder.parameters()), next(model.subimage_encoder.parameters())]
+    for parameter in parts:
+        assert parameter.grad is not None
+        assert parameter.grad.abs().sum() > 0
+
+
+def test_vit_sequence_is_cls_source_sep_subimage() -> None:
+    model = create_overlap_model("vit_tiny_demo", 224, 112)
+    assert isinstance(model, ViTOverlapModel)
+    seen: list[int] = []
+    model.encoder.blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+    with torch.no_grad():
+        model.eval()(torch.rand(1, 3, 224, 224), torch.rand(1, 3, 112, 112))
+    assert seen == [1 + 16 * 16 + 1 + 8 * 8]
+
+
+def test_resnet_encoders_shared_or_separate() -> None:
+    separate = create_overlap_model("resnet_demo", 112, 56)
+    shared = create_overlap_model("resnet_demo", 112, 56, share_encoders=True)
+    assert isinstance(separate, DualEncoderOverlapModel)
+    assert isinstance(shared, DualEncoderOverlapModel)
+    assert separate.subimage_encoder is not separate.encoder
+    assert shared.subimage_encoder is shared.encoder
+    assert count_parameters(shared) < count_parameters(separate)
