@@ -263,6 +263,14 @@ class PretrainParams(_Section):
         description="decided: pretrain on the train split only; 'all' also uses val/test tiles "
         "as the paper's 10.7K images may.",
     )
+    init: Literal["pretrained", "none"] = Field(
+        default="pretrained",
+        description="Starting weights: LVD-142M (ViT-S/14) or ImageNet (ResNet-50) through timm, "
+        "or none (random).",
+    )
+    weights_file: str | None = Field(
+        default=None, description="A local copy of the starting weights (safetensors or .pth)."
+    )
     source_size: PositiveInt = 224
     subimage_size: PositiveInt = 112
     epochs: PositiveInt = 150
@@ -296,6 +304,15 @@ class PretrainParams(_Section):
                 f"the subimage ({value}) must not be larger than its source ({source})"
             )
         return value
+
+    @model_validator(mode="after")
+    def _demo_backbones_start_random(self) -> PretrainParams:
+        if self.backbone.endswith("_demo") and self.init == "pretrained" and not self.weights_file:
+            raise ValueError(
+                f"{self.backbone} has no published weights: set pretrain.init: none "
+                "(or pretrain.weights_file)"
+            )
+        return self
 
 
 class FinetuneParams(_Section):
