@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.models.overlap import create_overlap_model
+from pipeline.train.engine import EngineSettings, _checkpoints, fit, latest_checkpoint
+from pipeline.train.pretrain import OverlapTask
+
+
+class Tiles(Dataset[Tensor]):
+    def __init__(self, n: int, size: int, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        # Blocky random textures: something a subimage can be matched by.
+        small = torch.randint(0, 256, (n, size // 8, size // 8, 3), generator=generator)
+        self.tiles = small.repeat_interleave(8, 1).repeat_interleave(8, 2).to(torch.uint8)
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.tiles[index]
+
+
+def settings(tmp: Path, epochs: int = 3) -> EngineSettings:
+    return EngineSettings(
+        epochs=epochs,
+        batch_size=4,
+        lr_backbone=1e-3,
+        lr_head=1e-3,
+        weight_decay=0.0,
+        warmup_epochs=1,
+        seed=0,
+        checkpoint_dir=tmp,
+        checkpoint_every=3,
+        progress=False,
+        device="cpu",
+    )
+
+
+def task(seed: int = 0) -> OverlapTask:
+    torch.manual_seed(seed)
+    return OverlapTask(create_overlap_model("resnet_demo", 64, 32), 64, 32)
+
+
+class Killed(Exception):
+    pass
+
+
+class DiesAtStep(OverlapTask):
+    """Dies once, mid-epoch, just after a checkpoint: the stand-in for a SIGKILL."""
+
+    def __init__(self, inner: OverlapTask, step: int) -> None:
+        super().__init__(inner.model, 64, 32)
+        self.calls, self.step = 0, step
+
+    def training_loss(self, model: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
+        if self.calls == self.step:
+            raise Killed
+        self.calls += 1
+        return super().training_loss(model, batch, generator)
+
+
+def test_a_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one(tmp_path: Path) -> None:
+    data, val = Tiles(16, 64, 0), DataLoader(Tiles(8, 64, 1), batch_size=4)
+    whole = fit(task(), data, val, settings(tmp_path / "whole"))
+    assert whole.resumed_from is None
+    assert len(whole.history) == 3
+
+    with pytest.raises(Killed):
+        fit(DiesAtStep(task(), step=7), data, val, settings(tmp_path / "killed"))
+    assert [p.name for p in _checkpoints(tmp_path / "killed")][-1] == "step-00000006.pt"
+    resumed = fit(task(seed=99), data, val, settings(tmp_path / "killed"))  # fresh process
+    assert resumed.resumed_from == 6
+    assert resumed.history == whole.history
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path: Path) -> None:
+    data, val = Tiles(8, 64, 0), DataLoader(Tiles(4, 64, 1), batch_size=4)
+    fit(task(), data, val, settings(tmp_path, epochs=2))
+    newest, previous = _checkpoints(tmp_path)[-1], _checkpoints(tmp_path)[-2]
+    newest.write_bytes(newest.read_bytes()[:100])
+    (tmp_path / "step-99999999.pt.tmp").write_bytes(b"half-written")  # never considered
+    with pytest.warns(UserWarning, match="unreadable checkpoint skipped"):
+        state = latest_checkpoint(tmp_path)
+    assert state is not None
+    assert state["step"] == int(previous.stem.split("-")[1])
