@@ -2,14 +2,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.data import tiling
+from pipeline.data.catalog import LANDCOVERAI, landcoverai_records
+from pipeline.data.store import StoreMeta, TileStore
+from pipeline.data.synthetic import SyntheticArchive
 from pipeline.models.overlap import create_overlap_model
 from pipeline.train.engine import EngineSettings, _checkpoints, fit, latest_checkpoint
-from pipeline.train.pretrain import OverlapTask
+from pipeline.train.pretrain import OverlapTask, StoreTiles
 
 
 class Tiles(Dataset[Tensor]):
@@ -89,3 +94,47 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path: Path) 
         state = latest_checkpoint(tmp_path)
     assert state is not None
     assert state["step"] == int(previous.stem.split("-")[1])
+
+
+@pytest.mark.slow
+def test_the_dual_encoder_learns_beyond_the_position_prior(
+    small_archive: SyntheticArchive, tmp_path: Path
+) -> None:
+    """8 synthetic aerial tiles, 112/56, 150 steps (about 2 minutes on 2 cores).
+
+    Measured with seeds 0, 1, 2: box-decoded IoU 0.68, 0.71, ~0.68 and mask IoU 0.61, 0.63,
+    ~0.6 against the centred-box baseline 0.389; the margins asserted hold for all three.
+    """
+    import zipfile
+
+    with zipfile.ZipFile(small_archive.path) as zf:
+        zf.extractall(tmp_path / "raw")
+    meta = StoreMeta(dataset="synthetic", tile_size=512, class_names=LANDCOVERAI.class_names)
+    plan = tiling.plan_tiling(landcoverai_records(tmp_path / "raw"), meta)
+    for scene in tiling.prepare_store(plan, tmp_path / "tiles"):
+        tiling.tile_scene(scene, tmp_path / "tiles", meta)
+    tiling.finalize_store(plan, tmp_path / "tiles")
+    tiles = StoreTiles(TileStore(tmp_path / "tiles"), np.arange(8))
+    torch.manual_seed(0)
+    task = OverlapTask(create_overlap_model("resnet_demo", 112, 56), 112, 56)
+    run = fit(
+        task,
+        tiles,
+        DataLoader(tiles, batch_size=8),
+        EngineSettings(
+            epochs=150,
+            batch_size=8,
+            lr_backbone=2e-3,
+            lr_head=2e-3,
+            weight_decay=0.0,
+            warmup_epochs=2,
+            seed=0,
+            checkpoint_dir=tmp_path / "ck",
+            checkpoint_every=10**6,
+            progress=False,
+            device="cpu",
+        ),
+    )
+    last = run.history[-1]
+    assert last["val_box_iou"] > last["baseline_iou"] + 0.15, run.history[-1]
+    assert last["val_iou"] > last["baseline_iou"] + 0.10, run.history[-1]

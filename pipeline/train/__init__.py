@@ -1,1 +1,1 @@
-"""Training: the overlap pretext task's sampling, losses and metrics (the engine comes next)."""
+"""Training: one engine for pretraining and fine-tuning, the overlap task, losses, metrics."""

@@ -28,7 +28,8 @@ class StoreTiles(Dataset[Tensor]):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.store.image(int(self.rows[index]))))
+        # A copy: the memmap is read-only, and the batch is collated into new memory anyway.
+        return torch.from_numpy(np.array(self.store.image(int(self.rows[index]))))
 
 
 def normalise(images: Tensor) -> Tensor:
