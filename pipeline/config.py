@@ -147,11 +147,12 @@ class CustomDatasetParams(_Section):
         "null: unlabelled imagery, for pretraining only.",
     )
     classes: str | None = Field(default=None, description="Classes file (YAML); needs masks.")
-    bands: list[Annotated[int, Field(ge=1)]] = Field(
-        default_factory=lambda: [1, 2, 3],
+    bands: list[Annotated[int, Field(ge=1)]] | None = Field(
+        default=None,
         min_length=3,
         max_length=3,
-        description="The three 1-based bands read as RGB (e.g. [4, 3, 2] for Sentinel-2).",
+        description="The three 1-based bands read as RGB (e.g. [4, 3, 2] for Sentinel-2, "
+        "[1, 2, 3] for RGBA); null: scenes must have exactly 3 bands.",
     )
     scale: list[float] | None = Field(
         default=None,

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,8 +33,8 @@ class Tiles(Dataset[Tensor]):
         return self.tiles[index]
 
 
-def settings(tmp: Path, epochs: int = 3) -> EngineSettings:
-    return EngineSettings(
+def settings(tmp: Path, epochs: int = 3, **changes: Any) -> EngineSettings:
+    base = EngineSettings(
         epochs=epochs,
         batch_size=4,
         lr_backbone=1e-3,
@@ -45,6 +47,7 @@ def settings(tmp: Path, epochs: int = 3) -> EngineSettings:
         progress=False,
         device="cpu",
     )
+    return replace(base, **changes)
 
 
 def task(seed: int = 0) -> OverlapTask:
@@ -121,18 +124,14 @@ def test_the_dual_encoder_learns_beyond_the_position_prior(
         task,
         tiles,
         DataLoader(tiles, batch_size=8),
-        EngineSettings(
+        settings(
+            tmp_path / "ck",
             epochs=150,
             batch_size=8,
             lr_backbone=2e-3,
             lr_head=2e-3,
-            weight_decay=0.0,
             warmup_epochs=2,
-            seed=0,
-            checkpoint_dir=tmp_path / "ck",
             checkpoint_every=10**6,
-            progress=False,
-            device="cpu",
         ),
     )
     last = run.history[-1]

@@ -186,3 +186,18 @@ def test_index_hash_identifies_the_store(extracted: Path, tmp_path: Path) -> Non
     tile_all(landcoverai_records(extracted), tmp_path / "a")
     tile_all(landcoverai_records(extracted), tmp_path / "b")
     assert store.index_hash(tmp_path / "a") == store.index_hash(tmp_path / "b")
+
+
+def test_four_band_scenes_need_explicit_bands(tmp_path: Path) -> None:
+    rgba = np.dstack([np.full((600, 600), v, np.uint8) for v in (10, 20, 30, 255)])
+    image, mask = (
+        write_tif(tmp_path / "s.tif", rgba),
+        write_tif(tmp_path / "m.tif", np.zeros((600, 600), np.uint8)),
+    )
+    with pytest.raises(DataError, match="expected 3 bands"):
+        tiling.plan_tiling([SceneRecord("s", image, mask)], META)
+    plan = tiling.plan_tiling([SceneRecord("s", image, mask, bands=(1, 2, 3))], META)
+    (scene,) = tiling.prepare_store(plan, tmp_path / "tiles")
+    tiling.tile_scene(scene, tmp_path / "tiles", META)
+    images, _ = store.open_arrays(tmp_path / "tiles")
+    assert images[0, 0, 0].tolist() == [10, 20, 30]  # alpha dropped

@@ -68,7 +68,8 @@ class SceneRecord:
     # Per-tile splits keyed by the official tile number (LandCover.ai's split files).
     tile_splits: Mapping[int, str] | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
-    bands: tuple[int, int, int] = (1, 2, 3)
+    # The bands read as RGB; None: the scene must have exactly three.
+    bands: tuple[int, int, int] | None = None
     # [low, high] -> 0..255 for imagery that is not uint8; None: must be uint8 already.
     scale: tuple[float, float] | None = None
     decoder: MaskDecoder = INDEX_MASK
@@ -224,9 +225,9 @@ def _scene_size(record: SceneRecord) -> tuple[int, int]:
     hint = f"; set {record.bands_param}" if record.bands_param else ""
     with _open_raster(record.image) as src:
         height, width, count, dtype = src.height, src.width, src.count, src.dtypes[0]
-    if record.bands == (1, 2, 3) and count != 3:
+    if record.bands is None and count != 3:
         raise DataError(f"{record.image}: expected 3 bands (RGB), found {count}{hint}")
-    if max(record.bands) > count:
+    if record.bands is not None and max(record.bands) > count:
         raise DataError(
             f"{record.image}: has {count} bands, bands {list(record.bands)} asked{hint}"
         )
@@ -354,7 +355,8 @@ def tile_scene(scene: ScenePlan, out_dir: Path, meta: StoreMeta) -> int:
             for y, cells in by_row.items():
                 # One strip per tile row: bounded memory and few, large reads.
                 window = Window(0, y, max(x for _, _, x in cells) + size, size)
-                strip = _to_uint8(src.read(list(record.bands), window=window), record.scale)
+                bands = list(record.bands or (1, 2, 3))
+                strip = _to_uint8(src.read(bands, window=window), record.scale)
                 mask_strip = msk.read(window=window) if msk is not None else None
                 for k, _, x in cells:
                     images[position] = strip[:, :, x : x + size].transpose(1, 2, 0)
