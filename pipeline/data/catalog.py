@@ -389,7 +389,7 @@ def custom_dataset(name: str, spec: CustomDatasetParams, root: Path) -> DatasetI
                     bands=(spec.bands[0], spec.bands[1], spec.bands[2]) if spec.bands else None,
                     scale=(spec.scale[0], spec.scale[1]) if spec.scale else None,
                     decoder=decoder,
-                    bands_param=f"{param}.bands",
+                    params_section=param,
                 )
             )
         return out

@@ -73,8 +73,8 @@ class SceneRecord:
     # [low, high] -> 0..255 for imagery that is not uint8; None: must be uint8 already.
     scale: tuple[float, float] | None = None
     decoder: MaskDecoder = INDEX_MASK
-    # The parameter a user changes when this scene's bands or pixel type are wrong.
-    bands_param: str | None = None
+    # The params section whose `bands` / `scale` fix this scene's band count or pixel type.
+    params_section: str | None = None
 
 
 @dataclass(frozen=True)
@@ -222,24 +222,19 @@ def _open_raster(path: Path) -> Any:
 
 
 def _scene_size(record: SceneRecord) -> tuple[int, int]:
-    hint = f"; set {record.bands_param}" if record.bands_param else ""
+    def hint(key: str) -> str:
+        return f"; set {record.params_section}.{key}" if record.params_section else ""
+
     with _open_raster(record.image) as src:
         height, width, count, dtype = src.height, src.width, src.count, src.dtypes[0]
     if record.bands is None and count != 3:
-        raise DataError(f"{record.image}: expected 3 bands (RGB), found {count}{hint}")
+        raise DataError(f"{record.image}: expected 3 bands (RGB), found {count}{hint('bands')}")
     if record.bands is not None and max(record.bands) > count:
         raise DataError(
-            f"{record.image}: has {count} bands, bands {list(record.bands)} asked{hint}"
+            f"{record.image}: has {count} bands, bands {list(record.bands)} asked{hint('bands')}"
         )
     if dtype != "uint8" and record.scale is None:
-        raise DataError(
-            f"{record.image}: expected uint8 pixels, found {dtype}"
-            + (
-                f"; set {record.bands_param.replace('bands', 'scale')}"
-                if record.bands_param
-                else ""
-            )
-        )
+        raise DataError(f"{record.image}: expected uint8 pixels, found {dtype}{hint('scale')}")
     if record.mask is not None:
         with _open_raster(record.mask) as msk:
             mask_size = (msk.height, msk.width)
