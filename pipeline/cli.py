@@ -101,6 +101,24 @@ def tile(
 
 @app.command()
 @one_line_errors
+def pretrain(
+    backbones: Annotated[
+        list[str] | None,
+        typer.Argument(help="Backbones to pretrain (default: pretrain.backbones)."),
+    ] = None,
+    params_file: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+) -> None:
+    """Pretrain each backbone on the overlap task; export its encoder to models/pretrain/."""
+    params, root = _load(params_file, overrides)
+    from pipeline.flows import pretrain_flow
+
+    for backbone in backbones or params.pretrain.backbones:
+        pretrain_flow(backbone, params, root)
+
+
+@app.command()
+@one_line_errors
 def params(
     params_file: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,

@@ -29,15 +29,17 @@ from pipeline.errors import ParamsError
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 
 # Backbone name -> (pretext, segmentation) multiple every input side must be: the ViT patch size;
-# for a ResNet the stride-16 map the pretext correlation runs on, and the stride-32 map a U-Net
-# decoder upsamples from. The model registry (pipeline/models) builds exactly these names.
+# for a ResNet 8 in the pretext (its stride-16 correlation map rounds a side up, and pairs such
+# as 112/56 stay shared with the ViT), and the stride-32 map a U-Net decoder upsamples from.
+# The model registry (pipeline/models) builds exactly these names.
 BACKBONE_INPUT_MULTIPLE: dict[str, tuple[int, int]] = {
     "vits14": (14, 14),
     "vit_tiny_demo": (14, 14),
-    "resnet50": (16, 32),
-    "resnet_demo": (16, 32),
+    "resnet50": (8, 32),
+    "resnet_demo": (8, 32),
 }
 BackboneName = Literal["vits14", "vit_tiny_demo", "resnet50", "resnet_demo"]
+PAPER_BACKBONES: tuple[BackboneName, ...] = ("vits14", "resnet50")
 # The catalog's built-in datasets (pipeline/data/catalog.py holds their entries); users add
 # their own under data.custom.
 BUILTIN_DATASETS = ("landcoverai", "loveda", "deepglobe")
@@ -258,7 +260,16 @@ class DataParams(_Section):
 class PretrainParams(_Section):
     """The overlap pretext task (paper.md: 'Decided defaults')."""
 
-    backbone: BackboneName = "vits14"
+    backbones: list[BackboneName] = Field(
+        default_factory=lambda: list(PAPER_BACKBONES),
+        min_length=1,
+        description="One pretrain stage per backbone (the paper: ViT-S/14 and ResNet-50).",
+    )
+    dataset: str = Field(
+        default="landcoverai",
+        pattern=DATASET_NAME_PATTERN,
+        description="The tile store pretrained on (the paper: LandCover.ai); one of data.datasets.",
+    )
     images: Literal["train", "all"] = Field(
         default="train",
         description="decided: pretrain on the train split only; 'all' also uses val/test tiles "
@@ -269,11 +280,16 @@ class PretrainParams(_Section):
         description="Starting weights: LVD-142M (ViT-S/14) or ImageNet (ResNet-50) through timm, "
         "or none (random).",
     )
-    weights_file: str | None = Field(
-        default=None, description="A local copy of the starting weights (safetensors or .pth)."
+    weights_file: dict[str, str] = Field(
+        default_factory=dict,
+        description="Backbone name -> a local copy of its starting weights (safetensors or "
+        ".pth); the only way offline.",
     )
     source_size: PositiveInt = 224
     subimage_size: PositiveInt = 112
+    share_encoders: bool = Field(
+        default=False, description="ResNet dual encoder: one encoder for source and subimage."
+    )
     epochs: PositiveInt = 150
     batch_size: PositiveInt = 64
     lr_backbone: Annotated[float, Field(gt=0)] = 1e-4
@@ -285,14 +301,17 @@ class PretrainParams(_Section):
         default=None,
         description="decided: off; the detection default 0.25 down-weights the subimage's pixels.",
     )
-    color_jitter: bool = Field(default=False, description="Ablation: the paper finds it hurts.")
+    color_jitter: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.0,
+        description="Ablation (the paper finds colour augmentation hurts): brightness, contrast "
+        "and saturation factors drawn from [1-j, 1+j], per view; 0 is off.",
+    )
     flips: bool = False
 
     @field_validator("source_size", "subimage_size")
     @classmethod
-    def _multiple_of_backbone(cls, value: int, info: ValidationInfo) -> int:
-        backbone = info.data.get("backbone")
-        if backbone is not None:
+    def _multiple_for_every_backbone(cls, value: int, info: ValidationInfo) -> int:
+        for backbone in info.data.get("backbones") or []:
             _check_multiple(value, backbone, pretext=True)
         return value
 
@@ -308,12 +327,51 @@ class PretrainParams(_Section):
 
     @model_validator(mode="after")
     def _demo_backbones_start_random(self) -> PretrainParams:
-        if self.backbone.endswith("_demo") and self.init == "pretrained" and not self.weights_file:
-            raise ValueError(
-                f"{self.backbone} has no published weights: set pretrain.init: none "
-                "(or pretrain.weights_file)"
+        for backbone in self.backbones:
+            if (
+                backbone.endswith("_demo")
+                and self.init == "pretrained"
+                and backbone not in self.weights_file
+            ):
+                raise PydanticCustomError(
+                    "demo_init",
+                    "{backbone} has no published weights: set pretrain.init: none (or "
+                    "pretrain.weights_file.{backbone})",
+                    {"backbone": backbone},
+                )
+        unknown = sorted(set(self.weights_file) - set(self.backbones))
+        if unknown:
+            raise PydanticCustomError(
+                "weights_file",
+                "weights_file: {unknown} not in pretrain.backbones",
+                {"unknown": unknown},
             )
         return self
+
+
+class ComputeParams(_Section):
+    """Where and how training runs; results do not depend on these (except through precision)."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto: CUDA when available (bf16 autocast), else CPU (fp32)."
+    )
+    devices: int | Literal["auto"] = Field(
+        default="auto",
+        description="DDP processes (torchrun); auto: every visible GPU, or 1 on CPU.",
+    )
+    compile: bool = Field(default=False, description="torch.compile the training model.")
+    checkpoint_every: PositiveInt = Field(
+        default=200, description="Steps between checkpoints (resume after a kill)."
+    )
+    loader_workers: Annotated[int, Field(ge=0)] = 4
+    progress: bool = True
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _processes_or_auto(cls, value: Any) -> Any:
+        if value == "auto" or (type(value) is int and value > 0):
+            return value
+        raise ValueError(f"want a positive number of processes or 'auto' (got {value!r})")
 
 
 class FinetuneParams(_Section):
@@ -357,8 +415,19 @@ class Params(_Section):
     data: DataParams = Field(default_factory=DataParams)
     pretrain: PretrainParams = Field(default_factory=PretrainParams)
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
+    compute: ComputeParams = Field(default_factory=ComputeParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
+
+    @model_validator(mode="after")
+    def _pretrain_dataset_is_declared(self) -> Params:
+        if self.pretrain.dataset not in self.data.datasets:
+            raise PydanticCustomError(
+                "pretrain_dataset",
+                "pretrain.dataset: {name!r} is not in data.datasets {datasets}",
+                {"name": self.pretrain.dataset, "datasets": self.data.datasets},
+            )
+        return self
 
 
 def _check_split_fractions(value: list[float]) -> list[float]:
@@ -393,7 +462,7 @@ def _format_errors(exc: ValidationError, source: str) -> str:
             message = "unknown key"
         elif "input" in err and err["type"] not in ("missing", "value_error"):
             message = f"{message} (got {err['input']!r})"
-        problems.append(f"{key}: {message}")
+        problems.append(f"{key}: {message}" if key else message)
     return f"{source}: " + "; ".join(problems)
 
 

@@ -58,17 +58,39 @@ def test_root_params_are_the_paper_defaults() -> None:
         ),
         ("data:\n  label_fractions: [0.0]\n", "data.label_fractions[0]", "greater than 0"),
         (
-            "pretrain:\n  source_size: 224\n  subimage_size: 252\n",
+            "pretrain:\n  source_size: 224\n  subimage_size: 280\n",
             "pretrain.subimage_size",
             "must not be larger than its source",
         ),
+        (
+            "pretrain:\n  backbones: [resnet50]\n  subimage_size: 60\n",
+            "pretrain.subimage_size",
+            "not a multiple of 8 (resnet50)",
+        ),
+        (
+            "pretrain:\n  backbones: [vits14, resnet50]\n  subimage_size: 64\n",
+            "pretrain.subimage_size",
+            "not a multiple of 14 (vits14)",
+        ),
+        (
+            "data:\n  datasets: [loveda]\npretrain:\n  dataset: landcoverai\n",
+            "pretrain.dataset",
+            "not in data.datasets",
+        ),
+        (
+            "pretrain:\n  backbones: [resnet_demo]\n",
+            "pretrain",
+            "set pretrain.init: none",
+        ),
+        ("pretrain:\n  color_jitter: 1.5\n", "pretrain.color_jitter", "less than 1"),
+        ("compute:\n  devices: 0\n", "compute.devices", "positive number of processes"),
         ("finetune:\n  input_size: 450\n", "finetune.input_size", "not a multiple of 14"),
         (
             "finetune:\n  backbone: resnet50\n  input_size: 500\n",
             "finetune.input_size",
             "not a multiple of 32",
         ),
-        ("pretrain:\n  backbone: vitb\n", "pretrain.backbone", "Input should be"),
+        ("pretrain:\n  backbones: [vitb]\n", "pretrain.backbones[0]", "Input should be"),
         (
             "data:\n  sources:\n    landcoverai:\n      md5: xyz\n",
             "data.sources.landcoverai.md5",

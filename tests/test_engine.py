@@ -8,14 +8,20 @@ import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from pipeline.data import tiling
 from pipeline.data.catalog import LANDCOVERAI, landcoverai_records
 from pipeline.data.store import StoreMeta, TileStore
 from pipeline.data.synthetic import SyntheticArchive
 from pipeline.models.overlap import create_overlap_model
-from pipeline.train.engine import EngineSettings, _checkpoints, fit, latest_checkpoint
+from pipeline.train.engine import (
+    EngineSettings,
+    _checkpoints,
+    evaluate,
+    fit,
+    latest_checkpoint,
+)
 from pipeline.train.pretrain import OverlapTask, StoreTiles
 
 
@@ -74,7 +80,7 @@ class DiesAtStep(OverlapTask):
 
 
 def test_a_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one(tmp_path: Path) -> None:
-    data, val = Tiles(16, 64, 0), DataLoader(Tiles(8, 64, 1), batch_size=4)
+    data, val = Tiles(16, 64, 0), Tiles(8, 64, 1)
     whole = fit(task(), data, val, settings(tmp_path / "whole"))
     assert whole.resumed_from is None
     assert len(whole.history) == 3
@@ -88,7 +94,7 @@ def test_a_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one(tmp_path: P
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path: Path) -> None:
-    data, val = Tiles(8, 64, 0), DataLoader(Tiles(4, 64, 1), batch_size=4)
+    data, val = Tiles(8, 64, 0), Tiles(4, 64, 1)
     fit(task(), data, val, settings(tmp_path, epochs=2))
     newest, previous = _checkpoints(tmp_path)[-1], _checkpoints(tmp_path)[-2]
     newest.write_bytes(newest.read_bytes()[:100])
@@ -97,6 +103,40 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path: Path) 
         state = latest_checkpoint(tmp_path)
     assert state is not None
     assert state["step"] == int(previous.stem.split("-")[1])
+
+
+def test_validation_metrics_do_not_depend_on_the_batching() -> None:
+    overlap = task()
+    val, cpu = Tiles(7, 64, 1), torch.device("cpu")
+    whole = evaluate(overlap, overlap.model, val, cpu, batch_size=7)
+    pieces = evaluate(overlap, overlap.model, val, cpu, batch_size=2)
+    assert whole.keys() == {"val_iou", "val_box_iou", "baseline_iou"}
+    for key, value in whole.items():
+        assert pieces[key] == pytest.approx(value, abs=1e-6)
+
+
+def test_colour_jitter_breaks_the_pixel_match_only_when_asked() -> None:
+    batch = Tiles(4, 64, 0).tiles
+    for jitter, matches in ((0.0, True), (0.4, False)):
+        overlap = OverlapTask(task().model, 64, 32, jitter=jitter)
+        pairs = overlap.sample(batch, torch.Generator().manual_seed(0))
+        top, left = pairs.boxes[0].tolist()
+        crop = pairs.source[0, :, top : top + 32, left : left + 32]
+        assert torch.allclose(crop, pairs.subimage[0]) is matches
+
+
+@pytest.mark.slow
+def test_a_compiled_model_trains_like_the_eager_one(tmp_path: Path) -> None:
+    data, val = Tiles(8, 64, 0), Tiles(4, 64, 1)
+    eager = fit(task(), data, val, settings(tmp_path / "eager", epochs=1))
+    compiled = fit(
+        task(),
+        data,
+        val,
+        settings(tmp_path / "compiled", epochs=1, compile=True, compile_backend="aot_eager"),
+    )
+    for key, value in eager.history[-1].items():
+        assert compiled.history[-1][key] == pytest.approx(value, abs=1e-4), key
 
 
 @pytest.mark.slow
@@ -123,7 +163,7 @@ def test_the_dual_encoder_learns_beyond_the_position_prior(
     run = fit(
         task,
         tiles,
-        DataLoader(tiles, batch_size=8),
+        tiles,
         settings(
             tmp_path / "ck",
             epochs=150,

@@ -16,7 +16,8 @@ from pipeline.train.metrics import (
     decode_box,
     mask_iou,
 )
-from pipeline.train.sop import sample_overlap
+from pipeline.train.pretrain import color_jitter
+from pipeline.train.sop import positions_for, sample_overlap
 
 
 @st.composite
@@ -127,3 +128,46 @@ def test_mask_and_box_decoding_from_perfect_and_useless_logits() -> None:
     expected = (out.target[:, 0, :, 16:].sum((1, 2)) / out.target[:, 0].sum((1, 2))).tolist()
     assert mask_iou(half, out.target).tolist() == pytest.approx(expected)
     assert math.isfinite(box_decoded_iou(nothing, out.boxes, 12).mean().item())
+
+
+@given(salt=st.integers(0, 2**31), positions=st.integers(1, 200), start=st.integers(0, 10**6))
+def test_validation_corners_are_a_function_of_the_index_alone(
+    salt: int, positions: int, start: int
+) -> None:
+    indices = torch.arange(start, start + 16)
+    corners = positions_for(indices, salt, positions)
+    assert corners.shape == (16, 2)
+    assert int(corners.min()) >= 0
+    assert int(corners.max()) < positions
+    shuffled = torch.randperm(16)
+    assert torch.equal(positions_for(indices[shuffled], salt, positions), corners[shuffled])
+
+
+def test_validation_corners_spread_over_every_position() -> None:
+    corners = positions_for(torch.arange(20_000), 20260101, 57)
+    counts = torch.bincount(corners.reshape(-1), minlength=57).float()
+    assert counts.min() > 0.8 * counts.mean()
+    assert counts.max() < 1.2 * counts.mean()
+
+
+def test_given_corners_are_used_and_checked() -> None:
+    tiles = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    corners = torch.tensor([[0, 0], [32, 10]])
+    pairs = sample_overlap(tiles, 64, 32, top_left=corners)
+    assert torch.equal(pairs.boxes, corners)
+    assert pairs.target[1, 0, 32:, 10:42].all()
+    assert pairs.target[1].sum() == 32 * 32
+    with pytest.raises(ValueError, match=r"crop corners must lie in \[0, 33\)"):
+        sample_overlap(tiles, 64, 32, top_left=torch.tensor([[0, 0], [33, 0]]))
+
+
+def test_color_jitter_changes_each_image_within_bounds() -> None:
+    images = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    jittered = color_jitter(images, 0.4, torch.Generator().manual_seed(1))
+    assert jittered.shape == images.shape
+    assert float(jittered.min()) >= 0.0
+    assert float(jittered.max()) <= 1.0
+    assert all(not torch.allclose(a, b) for a, b in zip(jittered, images, strict=True))
+    again = color_jitter(images, 0.4, torch.Generator().manual_seed(1))
+    assert torch.equal(jittered, again)
+    assert torch.allclose(color_jitter(images, 0.0, torch.Generator()), images, atol=1e-6)

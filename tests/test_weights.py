@@ -92,7 +92,7 @@ def test_offline_without_a_local_file_names_the_parameter(monkeypatch: pytest.Mo
 
     # huggingface_hub reads HF_HUB_OFFLINE once, at import: patch the constant it consults.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(WeightsError, match=r"offline\? Set pretrain\.weights_file"):
+    with pytest.raises(WeightsError, match=r"offline\? Set pretrain\.weights_file\.resnet50 "):
         load_starting_weights(create_backbone("resnet50", 224), "resnet50", "pretrained", None)
 
 

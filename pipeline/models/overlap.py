@@ -113,14 +113,29 @@ class DualEncoderOverlapModel(nn.Module):
         self.encoder = encoder
         self.subimage_encoder = encoder if share_encoders else create_backbone(backbone, 0)
         channels = encoder.feature_info.channels()[self.STAGE]
+        # The stages past stride 16 take no part in the pretext: frozen, they keep their
+        # starting weights for fine-tuning and DDP sees no parameter without a gradient.
+        for module in {id(m): m for m in (self.encoder, self.subimage_encoder)}.values():
+            for name in module.feature_info.module_name()[self.STAGE + 1 :]:
+                module[name].requires_grad_(False)
         self.project_source = nn.Conv2d(channels, fusion_channels, 1)
         self.project_subimage = nn.Conv2d(channels, fusion_channels, 1)
         self.correlation_norm = nn.BatchNorm2d(fusion_channels)
         self.decoder = MaskDecoder(2 * fusion_channels, decoder_channels)
 
     def _stride16(self, encoder: Any, image: Tensor) -> Tensor:
-        features: Tensor = encoder(image)[self.STAGE]
-        return features
+        """Run the encoder only up to its stride-16 stage.
+
+        The stride-32 stage is kept (fine-tuning uses it) but the pretext never reads it:
+        computing it would cost a quarter of the encoder and leave parameters without
+        gradients, which DDP refuses.
+        """
+        last = encoder.feature_info.module_name()[self.STAGE]
+        for name, module in encoder.items():
+            image = module(image)
+            if name == last:
+                break
+        return image
 
     def forward(self, source: Tensor, subimage: Tensor) -> Tensor:
         a = F.normalize(self.project_source(self._stride16(self.encoder, source)), dim=1)

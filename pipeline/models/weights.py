@@ -15,7 +15,7 @@ from typing import Any
 import timm
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from pipeline.errors import PipelineError
@@ -112,16 +112,27 @@ def load_starting_weights(
         return None
     tag = PUBLISHED_TAG.get(backbone)
     if tag is None:
-        raise WeightsError(f"{backbone}: no published weights; set {param}.init: none")
+        raise WeightsError(
+            f"{backbone}: no published weights; set {param}.init: none "
+            f"(or {param}.weights_file.{backbone})"
+        )
     name = f"{spec.timm_name}.{tag}"
     try:
         reference = timm.create_model(name, pretrained=True, num_classes=0)
     except Exception as exc:  # hub errors come in many types; all mean "not here"
         raise WeightsError(
             f"{name}: cannot fetch the published weights ({type(exc).__name__}); offline? "
-            f"Set {param}.weights_file to a local copy"
+            f"Set {param}.weights_file.{backbone} to a local copy"
         ) from None
     state = reference.state_dict()
     if spec.family == "vit":
         state = _fit_vit_checkpoint(state, encoder)
     return load_into(encoder, state, name)
+
+
+def save_encoder(encoder: nn.Module, path: Path, metadata: Mapping[str, str] | None = None) -> None:
+    """The kept encoder's weights as safetensors (written to a temporary name, then renamed)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, tmp, metadata=dict(metadata or {}))
+    tmp.replace(path)

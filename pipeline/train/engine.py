@@ -2,22 +2,28 @@
 
 What lives here once: AdamW with parameter groups (backbone and new layers), linear warm-up then
 cosine, gradient clipping, bf16 autocast on CUDA (fp32 on CPU), channels_last, optional
-torch.compile, atomic checkpoints every N steps (model, optimiser, scheduler, step, RNG) with
-resume from the newest one that loads, a progress bar, and per-epoch metrics to a callback.
+torch.compile, DDP under torchrun (gloo on CPU), atomic checkpoints every N steps (model,
+optimiser, scheduler, step, RNG) with resume from the newest one that loads, a progress bar, and
+per-epoch metrics to a callback.
 
 Determinism: the data order of each epoch is a permutation drawn from (seed, epoch), and the
-task's randomness at step t comes from a generator seeded with (seed, t). A run resumed at any
-checkpoint therefore sees exactly the batches and samples an uninterrupted run sees, and ends
+task's randomness at step t comes from a generator seeded with (seed, t, rank). A run resumed at
+any checkpoint therefore sees exactly the batches and samples an uninterrupted run sees, and ends
 with the same metrics on CPU.
+
+Validation is exact under DDP: each rank evaluates a disjoint share of the validation set, the
+task returns additive sums (IoU sums, a confusion matrix), the engine all-reduces them, and the
+task turns the totals into metrics, so the figures equal a single process's.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import random
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,10 +31,15 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm import tqdm
 
+from pipeline.train import distributed
+from pipeline.train.distributed import Distributed
+
 CHECKPOINT_GLOB = "step-*.pt"
+READOUT_EVERY = 20  # steps between progress readouts, the only host syncs while training
 
 
 class Task(Protocol):
@@ -40,19 +51,29 @@ class Task(Protocol):
         """(backbone parameters, new-layer parameters)."""
         ...
 
-    def training_loss(
-        self, model: nn.Module, batch: Tensor, generator: torch.Generator
-    ) -> Tensor: ...
+    def training_loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> Tensor:
+        """The mean loss of one (per-rank) batch; ``generator`` is the step's randomness."""
+        ...
 
-    def evaluate(
-        self, model: nn.Module, loader: DataLoader[Tensor], device: torch.device
-    ) -> dict[str, float]: ...
+    def validation_sums(
+        self, model: nn.Module, loader: DataLoader[Any], device: torch.device
+    ) -> dict[str, Tensor]:
+        """Additive validation state over ``loader``'s ``(indices, items)`` batches.
+
+        ``indices`` are positions in the whole validation set, so per-sample randomness can be
+        tied to the sample, not to the rank that sees it.
+        """
+        ...
+
+    def summarise(self, sums: Mapping[str, Tensor]) -> dict[str, float]:
+        """Metrics from the validation sums over the whole set."""
+        ...
 
 
 @dataclass(frozen=True)
 class EngineSettings:
     epochs: int
-    batch_size: int
+    batch_size: int  # global: split evenly over the DDP ranks
     lr_backbone: float
     lr_head: float
     weight_decay: float
@@ -63,8 +84,10 @@ class EngineSettings:
     keep_checkpoints: int = 2
     grad_clip: float = 1.0
     compile: bool = False
+    compile_backend: str = "inductor"
     channels_last: bool = True
     num_workers: int = 0
+    eval_batch_size: int | None = None  # per rank; the training batch per rank by default
     progress: bool = True
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
 
@@ -75,13 +98,32 @@ class FitResult:
     history: list[dict[str, float]]
     resumed_from: int | None
     seconds: float
+    images_per_second: float  # over this process's training steps, all ranks together
 
 
 class EpochOrder(Sampler[int]):
-    """A permutation per epoch from (seed, epoch), starting at ``start`` (for a resumed epoch)."""
+    """This rank's share of the epoch's permutation, drawn from (seed, epoch).
 
-    def __init__(self, n: int, seed: int, epoch: int, start: int = 0) -> None:
-        self.order = np.random.default_rng([seed, epoch]).permutation(n)[start:]
+    Global batch b of the epoch is ``permutation[b * B:(b + 1) * B]``; rank r takes its r-th
+    slice of every global batch, starting at global batch ``start_batch`` (a resumed epoch).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        epoch: int,
+        batch_size: int,
+        start_batch: int = 0,
+        context: Distributed = distributed.SINGLE_PROCESS,
+    ) -> None:
+        per_rank = batch_size // context.world_size
+        batches = n // batch_size
+        order = np.random.default_rng([seed, epoch]).permutation(n)[: batches * batch_size]
+        mine = order.reshape(batches, batch_size)[
+            start_batch:, context.rank * per_rank : (context.rank + 1) * per_rank
+        ]
+        self.order = mine.reshape(-1)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order.tolist())
@@ -90,9 +132,29 @@ class EpochOrder(Sampler[int]):
         return len(self.order)
 
 
-def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+class Indexed(Dataset[tuple[int, Any]]):
+    """Items paired with their position in the dataset."""
+
+    def __init__(self, dataset: Dataset[Any]) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[int, Any]:
+        return index, self.dataset[index]
+
+
+def step_generator(seed: int, step: int, device: torch.device, rank: int = 0) -> torch.Generator:
     """The task's randomness for one step: independent of where a run was resumed."""
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader workers: numpy and random follow torch's per-worker seed (augmentations)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)  # noqa: NPY002 - the global state is what third-party code reads
+    random.seed(seed)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -100,6 +162,16 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, Sequence) and not isinstance(batch, str):
+        return type(batch)(to_device(value, device) for value in batch)  # type: ignore[call-arg]
+    return batch
 
 
 def _atomic_save(state: Mapping[str, Any], path: Path) -> None:
@@ -126,20 +198,61 @@ def latest_checkpoint(directory: Path) -> dict[str, Any] | None:
     return None
 
 
+def validation_loader(
+    val_set: Dataset[Any], batch_size: int, context: Distributed, num_workers: int = 0
+) -> DataLoader[Any]:
+    """This rank's disjoint share of the validation set, as ``(indices, items)`` batches."""
+    indexed = Indexed(val_set)
+    share = distributed.shard(len(indexed), context)
+    return DataLoader(Subset(indexed, list(share)), batch_size=batch_size, num_workers=num_workers)
+
+
+def evaluate(
+    task: Task,
+    model: nn.Module,
+    val_set: Dataset[Any],
+    device: torch.device,
+    batch_size: int,
+    context: Distributed = distributed.SINGLE_PROCESS,
+) -> dict[str, float]:
+    """The task's metrics over the whole validation set, exact under DDP."""
+    loader = validation_loader(val_set, batch_size, context)
+    sums = task.validation_sums(model, loader, device)
+    for value in sums.values():
+        distributed.all_reduce_sum(value, context)
+    return task.summarise(sums)
+
+
 def fit(
     task: Task,
-    train_set: Dataset[Tensor],
-    val_loader: DataLoader[Tensor],
+    train_set: Dataset[Any],
+    val_set: Dataset[Any],
     settings: EngineSettings,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    context: Distributed | None = None,
 ) -> FitResult:
+    """Train ``task.model`` in place; per-epoch metrics go to ``on_epoch`` on the main rank."""
     started = time.perf_counter()
-    device = torch.device(settings.device)
+    context = context or distributed.from_environment()
+    device = context.device(settings.device)
+    distributed.initialise(context, device)
+    if settings.batch_size % context.world_size:
+        raise ValueError(
+            f"batch size {settings.batch_size} is not divisible by {context.world_size} ranks"
+        )
+    per_rank = settings.batch_size // context.world_size
     torch.manual_seed(settings.seed)
     model = task.model.to(device)
     if settings.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    forward_model: Any = torch.compile(model) if settings.compile else model
+    wrapped: nn.Module = model
+    if context.enabled:
+        wrapped = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    forward_model: Any = (
+        torch.compile(wrapped, backend=settings.compile_backend) if settings.compile else wrapped
+    )
     backbone, head = task.param_groups()
     optimizer = torch.optim.AdamW(
         [
@@ -150,7 +263,9 @@ def fit(
         fused=device.type == "cuda",
     )
     n = len(train_set)  # type: ignore[arg-type]
-    steps_per_epoch = max(1, n // settings.batch_size)
+    steps_per_epoch = n // settings.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{n} training samples are fewer than one batch of {settings.batch_size}")
     total = settings.epochs * steps_per_epoch
     warmup = settings.warmup_epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
@@ -165,32 +280,44 @@ def fit(
         step = resumed_from = int(checkpoint["step"])
         history = list(checkpoint["history"])
         torch.set_rng_state(checkpoint["torch_rng"])
-    # The running loss of a resumed epoch continues from the checkpoint's.
-    partial_sum = float(checkpoint["epoch_loss_sum"]) if checkpoint else 0.0
-    partial_seen = int(checkpoint["epoch_seen"]) if checkpoint else 0
+    # The running loss of a resumed epoch continues from the checkpoint's (the sum over all
+    # ranks, carried by the main rank alone so that the epoch's all-reduce counts it once).
+    partial_sum, partial_seen = 0.0, 0
+    if checkpoint is not None and context.is_main:
+        partial_sum, partial_seen = checkpoint["epoch_loss_sum"], checkpoint["epoch_seen"]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    bar = tqdm(total=total, initial=step, desc="train", disable=not settings.progress, unit="step")
+    eval_batch = settings.eval_batch_size or per_rank
+    bar = tqdm(
+        total=total,
+        initial=step,
+        desc="train",
+        disable=not (settings.progress and context.is_main),
+        unit="step",
+    )
+    trained_steps, train_seconds = 0, 0.0
     while step < total:
         epoch, offset = divmod(step, steps_per_epoch)
         loader = DataLoader(
             train_set,
-            batch_size=settings.batch_size,
+            batch_size=per_rank,
             drop_last=True,
-            sampler=EpochOrder(n, settings.seed, epoch, offset * settings.batch_size),
+            sampler=EpochOrder(n, settings.seed, epoch, settings.batch_size, offset, context),
             num_workers=settings.num_workers,
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(
+                (settings.seed * 1_000_003 + epoch) * 1009 + context.rank
+            ),
             pin_memory=device.type == "cuda",
-            persistent_workers=False,
         )
         model.train()
         loss_sum = torch.full((), partial_sum, device=device)
         seen, partial_sum, partial_seen = partial_seen, 0.0, 0
-        tick, tick_seen = time.perf_counter(), seen
+        tick, tick_step = time.perf_counter(), step
         for batch in loader:
-            batch = batch.to(device, non_blocking=True)
+            batch = to_device(batch, device)
+            generator = step_generator(settings.seed, step, device, context.rank)
             with autocast:
-                loss = task.training_loss(
-                    forward_model, batch, step_generator(settings.seed, step, device)
-                )
+                loss = task.training_loss(forward_model, batch, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
@@ -200,51 +327,75 @@ def fit(
             seen += 1
             step += 1
             bar.update(1)
-            if step % 20 == 0:  # the only host syncs: a progress readout now and then
-                rate = (seen - tick_seen) * settings.batch_size / (time.perf_counter() - tick)
+            if step % READOUT_EVERY == 0:
+                elapsed = time.perf_counter() - tick
+                rate = (step - tick_step) * settings.batch_size / elapsed
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", img_s=f"{rate:.0f}")
             if step % settings.checkpoint_every == 0 and step % steps_per_epoch:
-                _save(settings, model, optimizer, scheduler, step, history, loss_sum.item(), seen)
+                running = distributed.all_reduce_sum(
+                    torch.stack([loss_sum, torch.tensor(float(seen), device=device)]), context
+                ).tolist()
+                _save(settings, context, model, optimizer, scheduler, step, history, *running)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        trained_steps += step - tick_step
+        train_seconds += time.perf_counter() - tick
         if step % steps_per_epoch == 0:
+            distributed.broadcast_buffers(model, context)
+            totals = distributed.all_reduce_sum(
+                torch.stack([loss_sum, torch.tensor(float(seen), device=device)]), context
+            )
             metrics = {
                 "epoch": float(step // steps_per_epoch),
-                "train_loss": loss_sum.item() / max(1, seen),
-                **task.evaluate(forward_model, val_loader, device),
+                "train_loss": (totals[0] / totals[1].clamp(min=1)).item(),
+                **evaluate(task, model, val_set, device, eval_batch, context),
             }
-            history.append(metrics)
-            if on_epoch is not None:
-                on_epoch(step // steps_per_epoch, metrics)
+            history.append(metrics)  # deterministic figures only: a resumed run must match
+            rate = trained_steps * settings.batch_size / max(train_seconds, 1e-9)
+            if on_epoch is not None and context.is_main:
+                on_epoch(step // steps_per_epoch, {**metrics, "images_per_second": rate})
             bar.set_postfix(
                 loss=f"{metrics['train_loss']:.4f}",
-                iou=f"{metrics.get('val_iou', float('nan')):.3f}",
+                iou=f"{metrics.get('val_iou', metrics.get('val_miou', float('nan'))):.3f}",
+                img_s=f"{rate:.0f}",
             )
-            _save(settings, model, optimizer, scheduler, step, history, 0.0, 0)
+            _save(settings, context, model, optimizer, scheduler, step, history, 0.0, 0.0)
     bar.close()
-    return FitResult(step, history, resumed_from, time.perf_counter() - started)
+    return FitResult(
+        step,
+        history,
+        resumed_from,
+        time.perf_counter() - started,
+        trained_steps * settings.batch_size / max(train_seconds, 1e-9),
+    )
 
 
 def _save(
     settings: EngineSettings,
+    context: Distributed,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     step: int,
     history: list[dict[str, float]],
     epoch_loss_sum: float,
-    epoch_seen: int,
+    epoch_seen: float,
 ) -> None:
-    _atomic_save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "step": step,
-            "history": history,
-            "torch_rng": torch.get_rng_state(),
-            "epoch_loss_sum": epoch_loss_sum,
-            "epoch_seen": epoch_seen,
-        },
-        settings.checkpoint_dir / f"step-{step:08d}.pt",
-    )
-    for old in _checkpoints(settings.checkpoint_dir)[: -settings.keep_checkpoints]:
-        old.unlink(missing_ok=True)
+    if context.is_main:
+        _atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": step,
+                "history": history,
+                "torch_rng": torch.get_rng_state(),
+                "epoch_loss_sum": epoch_loss_sum,
+                "epoch_seen": int(epoch_seen),
+                "world_size": context.world_size,
+            },
+            settings.checkpoint_dir / f"step-{step:08d}.pt",
+        )
+        for old in _checkpoints(settings.checkpoint_dir)[: -settings.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+    distributed.barrier(context)

@@ -32,13 +32,30 @@ def to_float_images(tiles: Tensor) -> Tensor:
     return tiles.float()
 
 
+def positions_for(indices: Tensor, salt: int, positions: int) -> Tensor:
+    """(B, 2) crop corners in [0, positions), a fixed function of each sample's index.
+
+    Validation pairs are tied to the sample, not to the batch or rank that sees it, so the
+    metrics are the same in any batching and under DDP. A splitmix64-style integer hash,
+    vectorised (int64 arithmetic wraps).
+    """
+    x = indices.long()[:, None] * 2 + torch.arange(2, device=indices.device)
+    x = x * -7046029254386353131 + salt  # 0x9E3779B97F4A7C15 as a signed int64
+    x = (x ^ (x >> 30)) * -4658895280553007687
+    x = (x ^ (x >> 27)) * -7723592293110705685
+    x = x ^ (x >> 31)
+    return x.remainder(positions)
+
+
 def sample_overlap(
     tiles: Tensor,
     source_size: int,
     subimage_size: int,
     generator: torch.Generator | None = None,
+    top_left: Tensor | None = None,
 ) -> OverlapBatch:
-    """One subimage per source, at a uniformly random position (``generator`` on tiles' device)."""
+    """One subimage per source, at a uniformly random position (``generator`` on tiles' device)
+    or at the given (B, 2) ``top_left`` corners."""
     if not 0 < subimage_size <= source_size:
         raise ValueError(f"subimage {subimage_size} must lie in (0, source {source_size}]")
     images = to_float_images(tiles)
@@ -52,7 +69,10 @@ def sample_overlap(
             align_corners=False,
         ).clamp_(0.0, 1.0)
     positions = source_size - subimage_size + 1
-    top_left = torch.randint(0, positions, (batch, 2), generator=generator, device=device)
+    if top_left is None:
+        top_left = torch.randint(0, positions, (batch, 2), generator=generator, device=device)
+    elif int(top_left.min()) < 0 or int(top_left.max()) >= positions:
+        raise ValueError(f"crop corners must lie in [0, {positions})")
     offsets = torch.arange(subimage_size, device=device)
     rows = (top_left[:, 0:1] + offsets)[:, :, None]  # (B, s, 1)
     cols = (top_left[:, 1:2] + offsets)[:, None, :]  # (B, 1, s)

@@ -1,0 +1,204 @@
+"""The pretrain stage's flow: the overlap task on one dataset's tile store, for one backbone.
+
+Outputs (DVC tracks them):
+- ``models/pretrain/<backbone>/encoder.safetensors``: the kept encoder (the ViT, or the ResNet's
+  source encoder A); no decoder, no subimage encoder;
+- ``models/pretrain/<backbone>/provenance.json``: params, tile-index hash, git commit, final
+  pretext validation metrics, MLflow run id, the encoder's sha256;
+- ``metrics/pretrain/<backbone>.json``: the final metrics (a DVC metrics file);
+- ``plots/pretrain/<backbone>.csv``: the per-epoch curves (a DVC plot).
+
+Checkpoints live in ``.sop/checkpoints/pretrain-<backbone>-<fingerprint>``: the fingerprint
+covers everything that changes the result (params, seed, tile index), so a killed stage resumes
+where it stopped and a changed one starts afresh instead of resuming someone else's run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from pipeline import tracking
+from pipeline.config import Params, params_to_yaml
+from pipeline.data import store
+from pipeline.errors import DataError, PipelineError
+from pipeline.flows.common import tracked_run
+from pipeline.flows.data import tiles_dir
+from pipeline.train.launch import (
+    ENCODER_FILE,
+    RESULT_FILE,
+    PretrainJob,
+    resolve_processes,
+    run_pretrain,
+)
+
+PROVENANCE_FILE = "provenance.json"
+CURVE_COLUMNS = ("epoch", "train_loss", "val_iou", "val_box_iou", "baseline_iou")
+
+
+def model_dir(root: Path, backbone: str) -> Path:
+    return root / "models" / "pretrain" / backbone
+
+
+def metrics_path(root: Path, backbone: str) -> Path:
+    return root / "metrics" / "pretrain" / f"{backbone}.json"
+
+
+def curve_path(root: Path, backbone: str) -> Path:
+    return root / "plots" / "pretrain" / f"{backbone}.csv"
+
+
+def checkpoint_root(root: Path) -> Path:
+    return root / ".sop" / "checkpoints"
+
+
+def section_for(params: Params, backbone: str) -> dict[str, Any]:
+    """The params the pretrain stage of ``backbone`` reads (what DVC declares for it)."""
+    pretrain = params.pretrain.model_dump(mode="json")
+    pretrain.pop("backbones")
+    pretrain["backbone"] = backbone
+    pretrain["weights_file"] = params.pretrain.weights_file.get(backbone)
+    return {"seed": params.seed, "pretrain": pretrain, "compute": params.compute.model_dump()}
+
+
+def fingerprint(params: Params, backbone: str, index_sha256: str) -> str:
+    """What decides the result: the stage's params (not where it runs) and the tile index."""
+    section = section_for(params, backbone)
+    section.pop("compute")
+    section["compute.device"] = params.compute.device  # precision follows the device
+    text = json.dumps({"section": section, "tiles": index_sha256}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _launch(job_file: Path, processes: int) -> None:
+    """One rank per process through torchrun; its output streams through."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "pipeline.train.launch",
+        str(job_file),
+    ]
+    print(f"launching {processes} DDP processes: {' '.join(command[1:])}")
+    completed = subprocess.run(command, check=False)
+    if completed.returncode != 0:
+        raise PipelineError(
+            f"torchrun exited with {completed.returncode}; the ranks' errors are above "
+            f"(job {job_file})"
+        )
+
+
+@flow(name="pretrain", flow_run_name="pretrain-{backbone}", log_prints=True)
+def pretrain_flow(backbone: str, params: Params, root: Path) -> dict[str, Any]:
+    """Pretrain ``backbone`` on the overlap task and export its encoder."""
+    if backbone not in params.pretrain.backbones:
+        raise DataError(f"pretrain.backbones: {backbone!r} is not one of them")
+    dataset = params.pretrain.dataset
+    tiles = tiles_dir(root, dataset)
+    if not (tiles / store.INDEX_FILE).exists():
+        raise DataError(f"{tiles}: no tile store; run the tile stage for {dataset} first")
+    index_sha256 = store.index_hash(tiles)
+    key = fingerprint(params, backbone, index_sha256)
+    checkpoints = checkpoint_root(root) / f"pretrain-{backbone}-{key}"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    out = model_dir(root, backbone)
+    out.mkdir(parents=True, exist_ok=True)
+    with tracked_run(
+        "pretrain", params, root, backbone, section_for(params, backbone), index_sha256
+    ) as run:
+        import mlflow
+
+        (checkpoints / "params.resolved.yaml").write_text(params_to_yaml(params))
+        job = PretrainJob(
+            params_file=checkpoints / "params.resolved.yaml",
+            backbone=backbone,
+            store_dir=tiles,
+            out_dir=out,
+            checkpoint_dir=checkpoints,
+            tracking_uri=mlflow.get_tracking_uri(),
+            run_id=run.info.run_id,
+        )
+        processes = resolve_processes(params)
+        if processes == 1:
+            result = run_pretrain(job)
+        else:
+            _launch(job.write(checkpoints / "job.json"), processes)
+            result = json.loads((out / RESULT_FILE).read_text())
+        (out / RESULT_FILE).unlink(missing_ok=True)
+        final = result["history"][-1]
+        # The code's commit (the package's repository), wherever the pipeline root is.
+        commit, dirty = tracking.git_state(Path(__file__).resolve().parent)
+        provenance = {
+            "backbone": backbone,
+            "encoder": ENCODER_FILE,
+            "encoder_sha256": _sha256(out / ENCODER_FILE),
+            "kept": "the ViT backbone" if "vit" in backbone else "encoder A (source)",
+            "params": section_for(params, backbone),
+            "dataset": dataset,
+            "tile_index_sha256": index_sha256,
+            "git_commit": commit,
+            "git_dirty": dirty,
+            "mlflow_run_id": run.info.run_id,
+            "final": final,
+            "resumed_from_step": result["resumed_from"],
+            **{k: result[k] for k in ("steps", "train_tiles", "val_tiles", "starting_weights")},
+        }
+        (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
+        metrics = {
+            **{k: round(v, 4) for k, v in final.items() if k != "epoch"},
+            "epochs": int(final["epoch"]),
+            "images_per_second": result["images_per_second"],
+            "peak_memory_mb": result["peak_memory_mb"],
+            "processes": result["processes"],
+        }
+        _write_json(metrics_path(root, backbone), metrics)
+        _write_curve(curve_path(root, backbone), result["history"])
+        mlflow.log_metrics({f"final.{k}": float(v) for k, v in metrics.items()})
+        mlflow.log_artifact(str(out / PROVENANCE_FILE))
+        mlflow.log_artifact(str(curve_path(root, backbone)))
+    _drop_stale_checkpoints(root, backbone, keep=checkpoints)
+    print(
+        f"{backbone}: val IoU {final['val_iou']:.3f}, box IoU {final['val_box_iou']:.3f}, "
+        f"centred-box baseline {final['baseline_iou']:.3f} -> {out / ENCODER_FILE}"
+    )
+    return metrics
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2))
+
+
+def _write_curve(path: Path, history: list[dict[str, float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CURVE_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({**row, "epoch": int(row["epoch"])})
+
+
+def _drop_stale_checkpoints(root: Path, backbone: str, keep: Path) -> None:
+    """Other fingerprints' checkpoints of this backbone can never be resumed again."""
+    for folder in checkpoint_root(root).glob(f"pretrain-{backbone}-*"):
+        if folder != keep and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)

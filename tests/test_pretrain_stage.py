@@ -1,0 +1,178 @@
+"""The pretrain stage end to end: outputs, MLflow, DDP through torchrun, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.config import load_params
+from pipeline.data.store import TileStore
+from pipeline.flows.pretrain import checkpoint_root
+from pipeline.models.overlap import create_overlap_model
+from pipeline.train.engine import evaluate, latest_checkpoint
+from pipeline.train.launch import pretrain_rows
+from pipeline.train.pretrain import OverlapTask, StoreTiles
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def project(
+    tmp: Path, store: Path, epochs: int, processes: int, every: int = 1, images: str = "all"
+) -> Path:
+    """A pipeline root whose tile stage is done (the session's store, linked in)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "data" / "tiles").mkdir(parents=True)
+    (tmp / "data" / "tiles" / "landcoverai").symlink_to(store)
+    (tmp / "params.yaml").write_text(
+        f"""seed: 0
+data: {{datasets: [landcoverai]}}
+pretrain:
+  backbones: [resnet_demo]
+  images: {images}
+  init: none
+  source_size: 64
+  subimage_size: 32
+  epochs: {epochs}
+  batch_size: 4
+  lr_backbone: 1.0e-3
+  lr_head: 1.0e-3
+  weight_decay: 0.0
+  warmup_epochs: 1
+compute: {{device: cpu, devices: {processes}, checkpoint_every: {every}, loader_workers: 0,
+          progress: false}}
+tracking: {{experiment_prefix: t}}
+"""
+    )
+    return tmp
+
+
+def stage(root: Path, **popen: object) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "stages" / "pretrain.py"), "resnet_demo"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        **popen,  # type: ignore[arg-type]
+    )
+
+
+def finish(process: subprocess.Popen[bytes]) -> str:
+    output = process.communicate(timeout=600)[0].decode(errors="replace")
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def outputs(root: Path) -> tuple[dict[str, float], dict[str, object], list[dict[str, str]]]:
+    metrics = json.loads((root / "metrics" / "pretrain" / "resnet_demo.json").read_text())
+    provenance = json.loads(
+        (root / "models" / "pretrain" / "resnet_demo" / "provenance.json").read_text()
+    )
+    with open(root / "plots" / "pretrain" / "resnet_demo.csv") as handle:
+        curve = list(csv.DictReader(handle))
+    return metrics, provenance, curve
+
+
+DETERMINISTIC = ("train_loss", "val_iou", "val_box_iou", "baseline_iou", "epochs")
+
+
+def test_ddp_on_two_cpu_processes_agrees_with_one_process_metrics(
+    pretext_store: Path, tmp_path: Path
+) -> None:
+    root = project(tmp_path, pretext_store, epochs=3, processes=2)
+    output = finish(stage(root))
+    assert "launching 2 DDP processes" in output
+    metrics, provenance, curve = outputs(root)
+    assert metrics["processes"] == 2
+    assert len(curve) == 3
+    # Recompute the final validation metrics in this one process from the last checkpoint.
+    params = load_params(root / "params.yaml")
+    (folder,) = checkpoint_root(root).glob("pretrain-resnet_demo-*")
+    state = latest_checkpoint(folder)
+    assert state is not None
+    assert (state["world_size"], state["step"]) == (2, 6)  # 8 tiles, batches of 4
+    torch.manual_seed(0)
+    model = create_overlap_model("resnet_demo", 64, 32)
+    model.load_state_dict(state["model"])
+    store = TileStore(root / "data" / "tiles" / "landcoverai")
+    _, val_rows = pretrain_rows(store, "all", params.seed)
+    assert len(val_rows) >= 2  # a share for each rank
+    single = evaluate(
+        OverlapTask(model, 64, 32), model, StoreTiles(store, val_rows), torch.device("cpu"), 3
+    )
+    final = provenance["final"]
+    assert isinstance(final, dict)
+    for key, value in single.items():
+        assert final[key] == pytest.approx(value, abs=1e-5), key
+
+
+def test_a_stage_killed_halfway_resumes_to_the_uninterrupted_metrics(
+    pretext_store: Path, tmp_path: Path
+) -> None:
+    whole = project(tmp_path / "whole", pretext_store, epochs=15, processes=1, every=3)
+    finish(stage(whole))
+    expected, provenance, curve = outputs(whole)
+    assert provenance["resumed_from_step"] is None
+    assert len(curve) == 15  # 2 steps each: 30 steps
+
+    killed = project(tmp_path / "killed", pretext_store, epochs=15, processes=1, every=3)
+    process = stage(killed, start_new_session=True)
+    deadline = time.monotonic() + 300
+    checkpoints = checkpoint_root(killed)
+    while not any(checkpoints.glob("pretrain-*/step-0000001[3-9].pt")):
+        assert process.poll() is None, process.communicate()[0].decode()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the stage and its Prefect server, as a scheduler would
+    process.wait()
+    assert not (killed / "metrics" / "pretrain" / "resnet_demo.json").exists()
+
+    finish(stage(killed))
+    resumed, provenance, _ = outputs(killed)
+    start = provenance["resumed_from_step"]
+    assert isinstance(start, int)
+    assert 13 <= start < 30
+    for key in DETERMINISTIC:
+        assert resumed[key] == expected[key], key
+
+
+def test_the_exported_encoder_is_encoder_a_alone(pretext_store: Path, tmp_path: Path) -> None:
+    root = project(tmp_path, pretext_store, epochs=1, processes=1)
+    finish(stage(root))
+    metrics, provenance, curve = outputs(root)
+    weights = load_file(root / "models" / "pretrain" / "resnet_demo" / "encoder.safetensors")
+    encoder = create_overlap_model("resnet_demo", 64, 32).encoder  # type: ignore[union-attr]
+    assert set(weights) == set(encoder.state_dict())
+    assert not any(k.startswith(("decoder", "subimage_encoder", "project")) for k in weights)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert provenance["git_commit"] == head
+    assert set(provenance["final"]) >= {"val_iou", "val_box_iou", "baseline_iou"}  # type: ignore[arg-type]
+    assert set(metrics) >= {"val_iou", "val_box_iou", "baseline_iou", "images_per_second"}
+    assert [row["epoch"] for row in curve] == ["1"]
+    assert provenance["train_tiles"] == 8
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("t-pretrain").experiment_id])
+    assert run.data.tags["data.tile_index_sha256"] == provenance["tile_index_sha256"]
+    assert run.data.params["pretrain.backbone"] == "resnet_demo"
+    history = client.get_metric_history(run.info.run_id, "val_iou")
+    assert [m.step for m in history] == [1]
+    assert run.data.metrics["final.val_iou"] == pytest.approx(metrics["val_iou"], abs=1e-4)
+    assert np.isfinite(metrics["train_loss"])
