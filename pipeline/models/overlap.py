@@ -111,11 +111,12 @@ class DualEncoderOverlapModel(nn.Module):
         super().__init__()
         encoder: Any = create_backbone(backbone, 0)
         self.encoder = encoder
-        self.subimage_encoder = encoder if share_encoders else create_backbone(backbone, 0)
+        subimage_encoder: Any = encoder if share_encoders else create_backbone(backbone, 0)
+        self.subimage_encoder = subimage_encoder
         channels = encoder.feature_info.channels()[self.STAGE]
         # The stages past stride 16 take no part in the pretext: frozen, they keep their
         # starting weights for fine-tuning and DDP sees no parameter without a gradient.
-        for module in {id(m): m for m in (self.encoder, self.subimage_encoder)}.values():
+        for module in {id(m): m for m in (encoder, subimage_encoder)}.values():
             for name in module.feature_info.module_name()[self.STAGE + 1 :]:
                 module[name].requires_grad_(False)
         self.project_source = nn.Conv2d(channels, fusion_channels, 1)
