@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
-STAGE_COMMANDS = ["download", "tile"]
+STAGE_COMMANDS = ["download", "tile", "pretrain"]
 
 
 def test_help_lists_the_stage_commands() -> None:
