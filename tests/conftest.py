@@ -19,7 +19,11 @@ for leaked in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "SOP_PARENT_RUN_ID", "D
 
 import pytest  # noqa: E402
 
-from pipeline.data.synthetic import SyntheticArchive, write_landcoverai_archive  # noqa: E402
+from pipeline.data.synthetic import (  # noqa: E402
+    SyntheticArchive,
+    synthetic_tile_store,
+    write_landcoverai_archive,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,42 +35,16 @@ def small_archive(tmp_path_factory: pytest.TempPathFactory) -> SyntheticArchive:
     return write_landcoverai_archive(out, n_scenes=2, height=1100, width=1200, seed=3)
 
 
-def _tile_archive(archive: Path, work: Path) -> Path:
-    import zipfile
-
-    from pipeline.data import tiling
-    from pipeline.data.catalog import LANDCOVERAI, landcoverai_records
-    from pipeline.data.store import StoreMeta
-
-    with zipfile.ZipFile(archive) as zf:
-        zf.extractall(work / "raw")
-    meta = StoreMeta(dataset="landcoverai", tile_size=512, class_names=LANDCOVERAI.class_names)
-    plan = tiling.plan_tiling(landcoverai_records(work / "raw"), meta)
-    for scene in tiling.prepare_store(plan, work / "tiles"):
-        tiling.tile_scene(scene, work / "tiles", meta)
-    tiling.finalize_store(plan, work / "tiles")
-    return work / "tiles"
-
-
 @pytest.fixture(scope="session")
-def small_store(small_archive: SyntheticArchive, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The small archive's 8 tiles (512 px; train 6, val 1, test 1); treat it as read-only."""
-    return _tile_archive(small_archive.path, tmp_path_factory.mktemp("store"))
+    return synthetic_tile_store(tmp_path_factory.mktemp("store"))
 
 
 @pytest.fixture(scope="session")
 def pretext_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """8 tiles split 4 train / 4 val, for pretraining runs; treat it as read-only."""
-    work = tmp_path_factory.mktemp("pretext")
-    archive = write_landcoverai_archive(
-        work / "landcover.ai.v1.zip",
-        n_scenes=2,
-        height=1100,
-        width=1200,
-        split_fractions=(0.5, 0.5, 0.0),
-        seed=3,
-    )
-    return _tile_archive(archive.path, work)
+    """8 tiles split 3 train / 4 val / 1 test, for pretraining runs; treat it as read-only."""
+    return synthetic_tile_store(tmp_path_factory.mktemp("pretext"), split_fractions=(0.5, 0.5, 0.0))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "SceneSpec",
     "SyntheticArchive",
     "synth_scene",
+    "synthetic_tile_store",
     "write_landcoverai_archive",
 ]
 
@@ -1053,3 +1054,39 @@ def write_archive_from_params(
         split_fractions=(train, val, test),
         seed=spec.seed,
     )
+
+
+def synthetic_tile_store(
+    work: Path,
+    *,
+    n_scenes: int = 2,
+    height: int = 1100,
+    width: int = 1200,
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 3,
+) -> Path:
+    """A synthetic archive tiled into a LandCover.ai tile store at ``work/tiles`` (512 px).
+
+    For tests and benchmarks that need a store without running the download and tile flows.
+    """
+    from pipeline.data import tiling
+    from pipeline.data.catalog import LANDCOVERAI, landcoverai_records
+    from pipeline.data.store import StoreMeta
+
+    work.mkdir(parents=True, exist_ok=True)
+    archive = write_landcoverai_archive(
+        work / "landcover.ai.v1.zip",
+        n_scenes=n_scenes,
+        height=height,
+        width=width,
+        split_fractions=split_fractions,
+        seed=seed,
+    )
+    with zipfile.ZipFile(archive.path) as zf:
+        zf.extractall(work / "raw")
+    meta = StoreMeta(dataset="landcoverai", tile_size=512, class_names=LANDCOVERAI.class_names)
+    plan = tiling.plan_tiling(landcoverai_records(work / "raw"), meta)
+    for scene in tiling.prepare_store(plan, work / "tiles"):
+        tiling.tile_scene(scene, work / "tiles", meta)
+    tiling.finalize_store(plan, work / "tiles")
+    return work / "tiles"
