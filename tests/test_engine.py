@@ -136,28 +136,39 @@ def test_a_compiled_model_trains_like_the_eager_one(tmp_path: Path) -> None:
         assert compiled.history[-1][key] == pytest.approx(value, abs=1e-4), key
 
 
-@pytest.mark.slow
-def test_the_dual_encoder_learns_beyond_the_position_prior(
-    small_store: Path, tmp_path: Path
-) -> None:
-    """8 synthetic aerial tiles, 112/56, 150 steps (about 2 minutes on 2 cores).
+# Reduced-size variants from random weights on the 8 tiles of ``small_store`` at 112/56, one
+# step of 8 tiles per epoch. Final (mask IoU, box-decoded IoU) measured with seeds 0, 1, 2
+# against the centred-box baseline 0.458 on these pairs:
+#   resnet_demo    (0.656, 0.724), (0.697, 0.770), (0.673, 0.764)   about 90 s each
+#   vit_tiny_demo  (0.648, 0.702), (0.686, 0.763), (0.668, 0.755)   about 135 s each
+# so mask IoU beat the baseline by 0.19 to 0.24 and box IoU by 0.24 to 0.31. The asserted
+# margins (0.10 and 0.15) hold for every seed with room to spare.
+LEARNING = {
+    "resnet_demo": {"epochs": 150, "lr": 2e-3, "warmup_epochs": 2},
+    "vit_tiny_demo": {"epochs": 500, "lr": 1e-3, "warmup_epochs": 10},
+}
 
-    Measured with seeds 0, 1, 2: see MARGINS; the margins asserted hold for all three.
-    """
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", sorted(LEARNING))
+def test_each_overlap_model_learns_beyond_the_position_prior(
+    backbone: str, small_store: Path, tmp_path: Path
+) -> None:
+    recipe = LEARNING[backbone]
     tiles = StoreTiles(TileStore(small_store), np.arange(8))
     torch.manual_seed(0)
-    task = OverlapTask(create_overlap_model("resnet_demo", 112, 56), 112, 56)
+    task = OverlapTask(create_overlap_model(backbone, 112, 56), 112, 56)
     run = fit(
         task,
         tiles,
         tiles,
         settings(
             tmp_path / "ck",
-            epochs=150,
+            epochs=int(recipe["epochs"]),
             batch_size=8,
-            lr_backbone=2e-3,
-            lr_head=2e-3,
-            warmup_epochs=2,
+            lr_backbone=recipe["lr"],
+            lr_head=recipe["lr"],
+            warmup_epochs=int(recipe["warmup_epochs"]),
             checkpoint_every=10**6,
         ),
     )

@@ -95,6 +95,7 @@ def test_demo_pipeline_with_dvc(tmp_path: Path) -> None:
     params = yaml.safe_load((REPO / "demo" / "params.yaml").read_text())
     params["synthetic"].update(scenes=2, height=1100, width=1200)
     params["data"]["sources"]["landcoverai"]["md5"] = "skip"  # smaller archive, other md5
+    params["pretrain"].update(epochs=2, batch_size=2)  # 8 tiles: a smoke run of the stage
     (demo / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copy(REPO / "demo" / "dvc.yaml", demo / "dvc.yaml")
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
@@ -107,6 +108,22 @@ def test_demo_pipeline_with_dvc(tmp_path: Path) -> None:
     assert "up to date" in dvc(demo, "status")
     summary = json.loads((demo / "data/tiles/landcoverai.summary.json").read_text())
     assert summary["tiles"] == len(store)
+    for backbone in params["pretrain"]["backbones"]:
+        assert (demo / "models" / "pretrain" / backbone / "encoder.safetensors").exists()
+        metrics = json.loads((demo / "metrics" / "pretrain" / f"{backbone}.json").read_text())
+        assert metrics["epochs"] == 2
+    assert "val_iou" in dvc(demo, "metrics", "show")
+    # Where training runs is not what it computes: no stage goes stale.
+    params["compute"]["loader_workers"] = 1
+    (demo / "params.yaml").write_text(yaml.safe_dump(params))
+    assert "up to date" in dvc(demo, "status")
+    # A pretrain param makes exactly the pretrain stages stale.
+    params["pretrain"]["epochs"] = 3
+    (demo / "params.yaml").write_text(yaml.safe_dump(params))
+    status = dvc(demo, "status")
+    assert "pretrain@resnet_demo" in status
+    assert "tile@landcoverai" not in status
+    params["pretrain"]["epochs"] = 2
     # A changed tiling param makes exactly the tile stage stale.
     params["data"]["subset_seed"] = 1
     (demo / "params.yaml").write_text(yaml.safe_dump(params))

@@ -55,7 +55,10 @@ BACKBONES: dict[str, BackboneSpec] = {
             "vit_tiny_demo",
             "vit",
             "vit_small_patch14_dinov2",
-            _vit("vit_small_patch14_dinov2", embed_dim=192, depth=4, num_heads=3),
+            # LayerScale off (0, not None: timm drops None kwargs and keeps DINOv2's 1e-5,
+            # under which blocks start as near-identities and a small ViT from random weights
+            # sat on the position prior on a CPU budget).
+            _vit("vit_small_patch14_dinov2", embed_dim=192, depth=4, num_heads=3, init_values=0),
         ),
         BackboneSpec("resnet50", "resnet", "resnet50", _resnet("resnet50")),
         BackboneSpec("resnet_demo", "resnet", "resnet18", _resnet("resnet18")),

@@ -63,8 +63,12 @@ class ViTOverlapModel(nn.Module):
         self.sep_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.segment_embed = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.trunc_normal_(self.sep_token, std=0.02)
-        nn.init.trunc_normal_(self.segment_embed, std=0.02)
+        # A segment marker as large as the tokens themselves: at 0.02 it was measured to leave
+        # a random-init model unable to tell the two images apart for hundreds of steps.
+        nn.init.trunc_normal_(self.segment_embed, std=1.0, a=-2.0, b=2.0)
         self.decoder = MaskDecoder(dim, decoder_channels)
+        _mimetic_attention_init(encoder)
+
 
     def forward(self, source: Tensor, subimage: Tensor) -> Tensor:
         vit: Any = self.encoder
@@ -88,6 +92,17 @@ class ViTOverlapModel(nn.Module):
         features = grid.reshape(batch, -1, height, width)
         logits: Tensor = self.decoder(features, source.shape[-1])
         return logits
+
+
+def _mimetic_attention_init(vit: Any) -> None:
+    """Start every block's keys equal to its queries (W_k := W_q), so attention starts out
+    favouring similar tokens: what matching a subimage to its source needs ("mimetic
+    initialisation", Trockman & Kolter 2023). Published weights loaded afterwards replace it;
+    it matters for random starts only."""
+    with torch.no_grad():
+        for block in vit.blocks:
+            dim = block.attn.qkv.in_features
+            block.attn.qkv.weight[dim : 2 * dim].copy_(block.attn.qkv.weight[:dim])
 
 
 class DualEncoderOverlapModel(nn.Module):
