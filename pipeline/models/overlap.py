@@ -69,7 +69,6 @@ class ViTOverlapModel(nn.Module):
         self.decoder = MaskDecoder(dim, decoder_channels)
         _mimetic_attention_init(encoder)
 
-
     def forward(self, source: Tensor, subimage: Tensor) -> Tensor:
         vit: Any = self.encoder
         source_grid = vit.patch_embed(source)  # (B, h, w, D): NHWC with dynamic_img_size
