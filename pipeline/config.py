@@ -419,16 +419,6 @@ class Params(_Section):
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
 
-    @model_validator(mode="after")
-    def _pretrain_dataset_is_declared(self) -> Params:
-        if self.pretrain.dataset not in self.data.datasets:
-            raise PydanticCustomError(
-                "pretrain_dataset",
-                "pretrain.dataset: {name!r} is not in data.datasets {datasets}",
-                {"name": self.pretrain.dataset, "datasets": self.data.datasets},
-            )
-        return self
-
 
 def _check_split_fractions(value: list[float]) -> list[float]:
     if len(value) != 3 or abs(sum(value) - 1.0) > 1e-6:

@@ -73,11 +73,6 @@ def test_root_params_are_the_paper_defaults() -> None:
             "not a multiple of 14 (vits14)",
         ),
         (
-            "data:\n  datasets: [loveda]\npretrain:\n  dataset: landcoverai\n",
-            "pretrain.dataset",
-            "not in data.datasets",
-        ),
-        (
             "pretrain:\n  backbones: [resnet_demo]\n",
             "pretrain",
             "set pretrain.init: none",

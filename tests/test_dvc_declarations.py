@@ -38,3 +38,13 @@ def test_every_declared_param_is_in_the_params_file(root: Path) -> None:
             assert isinstance(node, dict), key
             assert part in node, f"{root / 'params.yaml'} lacks {key}: DVC would fail"
             node = node[part]
+
+
+def test_pretraining_a_dataset_that_is_not_declared_names_the_parameter(tmp_path: Path) -> None:
+    from pipeline.config import params_from_mapping
+    from pipeline.errors import DataError
+    from pipeline.flows.pretrain import pretrain_flow
+
+    params = params_from_mapping({"data": {"datasets": ["loveda"]}})
+    with pytest.raises(DataError, match=r"pretrain\.dataset: 'landcoverai' is not in data"):
+        pretrain_flow.fn("vits14", params, tmp_path)

@@ -113,6 +113,11 @@ def pretrain_flow(backbone: str, params: Params, root: Path) -> dict[str, Any]:
     if backbone not in params.pretrain.backbones:
         raise DataError(f"pretrain.backbones: {backbone!r} is not one of them")
     dataset = params.pretrain.dataset
+    if dataset not in params.data.datasets:
+        # Checked here, not on loading: params that only download or tile need not name it.
+        raise DataError(
+            f"pretrain.dataset: {dataset!r} is not in data.datasets {params.data.datasets}"
+        )
     tiles = tiles_dir(root, dataset)
     if not (tiles / store.INDEX_FILE).exists():
         raise DataError(f"{tiles}: no tile store; run the tile stage for {dataset} first")
