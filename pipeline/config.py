@@ -450,7 +450,11 @@ def _format_errors(exc: ValidationError, source: str) -> str:
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key"
-        elif "input" in err and err["type"] not in ("missing", "value_error"):
+        elif (
+            "input" in err
+            and err["type"] not in ("missing", "value_error")
+            and not isinstance(err["input"], Mapping)  # a whole section: the key says where
+        ):
             message = f"{message} (got {err['input']!r})"
         problems.append(f"{key}: {message}" if key else message)
     return f"{source}: " + "; ".join(problems)
