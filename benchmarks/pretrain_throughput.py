@@ -3,7 +3,8 @@
 Trains an overlap model from random weights on a synthetic LandCover.ai-style tile store, with
 the pipeline's own job runner (the code the pretrain stage runs), and prints per epoch: the
 pretext IoU, the box-decoded IoU and the centred-box baseline; at the end images/s and peak
-memory. Defaults are the full-size check: ViT-S/14 at 224/112 on CUDA for about ten minutes.
+memory. Defaults are the full-size check: ViT-S/14 at 224/112 on CUDA; the 60 epochs are a
+guess at ten minutes on an H100 (not yet measured): adjust --epochs to the budget.
 
     python benchmarks/pretrain_throughput.py                       # GPU, ViT-S/14, 224/112
     python benchmarks/pretrain_throughput.py --backbone resnet50

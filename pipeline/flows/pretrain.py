@@ -32,6 +32,7 @@ from pipeline.data import store
 from pipeline.errors import DataError, PipelineError
 from pipeline.flows.common import tracked_run
 from pipeline.flows.data import tiles_dir
+from pipeline.models.backbones import BACKBONES
 from pipeline.train.launch import (
     ENCODER_FILE,
     RESULT_FILE,
@@ -41,6 +42,7 @@ from pipeline.train.launch import (
 )
 
 PROVENANCE_FILE = "provenance.json"
+KEPT_ENCODER = {"vit": "the ViT backbone", "resnet": "encoder A (source)"}
 CURVE_COLUMNS = ("epoch", "train_loss", "val_iou", "val_box_iou", "baseline_iou")
 
 
@@ -156,7 +158,7 @@ def pretrain_flow(backbone: str, params: Params, root: Path) -> dict[str, Any]:
             "backbone": backbone,
             "encoder": ENCODER_FILE,
             "encoder_sha256": _sha256(out / ENCODER_FILE),
-            "kept": "the ViT backbone" if "vit" in backbone else "encoder A (source)",
+            "kept": KEPT_ENCODER[BACKBONES[backbone].family],
             "params": section_for(params, backbone),
             "dataset": dataset,
             "tile_index_sha256": index_sha256,

@@ -21,7 +21,7 @@ import torch
 
 from pipeline.config import Params, load_params
 from pipeline.data.store import TileStore
-from pipeline.errors import DataError
+from pipeline.errors import DataError, ParamsError
 from pipeline.models.overlap import create_overlap_model
 from pipeline.models.weights import load_starting_weights, save_encoder
 from pipeline.train import distributed
@@ -79,7 +79,7 @@ def resolve_device(params: Params) -> str:
     if wanted == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if wanted == "cuda" and not torch.cuda.is_available():
-        raise DataError("compute.device: cuda requested but no GPU is visible")
+        raise ParamsError("compute.device: cuda requested but no GPU is visible")
     return wanted
 
 

@@ -51,10 +51,8 @@ def color_jitter(images: Tensor, strength: float, generator: torch.Generator) ->
     )
     luma = torch.tensor(LUMA, device=images.device).view(1, 3, 1, 1)
     images = images * factors[0]
-    grey = (images * luma).sum(1, keepdim=True)
-    images = (images - grey.mean((2, 3), keepdim=True)) * factors[1] + grey.mean(
-        (2, 3), keepdim=True
-    )
+    mean_grey = (images * luma).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+    images = (images - mean_grey) * factors[1] + mean_grey
     grey = (images * luma).sum(1, keepdim=True)
     return ((images - grey) * factors[2] + grey).clamp(0.0, 1.0)
 
