@@ -51,7 +51,9 @@ demo: install  ## Run the pipeline on the embedded synthetic data (CPU, minutes)
 	@echo
 	@echo "Tile store:   demo/data/tiles/landcoverai/ (index.parquet), summary in demo/data/tiles/landcoverai.summary.json"
 	@echo "Encoders:     demo/models/pretrain/<backbone>/encoder.safetensors (+ provenance.json)"
-	@echo "Curves:       demo/plots/pretrain/<backbone>.csv   (cd demo && dvc plots show)"
+	@echo "Fine-tuned:   demo/models/finetune/landcoverai/resnet_demo/<init>-<fraction>/best.safetensors"
+	@echo "Test results: demo/metrics/evaluate/..., confusion matrices in demo/reports/confusion/"
+	@echo "Curves:       demo/plots/{pretrain,finetune}/...csv   (cd demo && dvc plots show)"
 	@echo "MLflow UI:    make mlflow-ui   (or: sop mlflow-ui --params demo/params.yaml)"
 	@cd demo && dvc metrics show
 
@@ -59,7 +61,7 @@ mlflow-ui: install  ## Serve the demo's MLflow runs on http://127.0.0.1:5000.
 	$(BIN)/sop mlflow-ui --params demo/params.yaml
 
 clean-demo:  ## Remove everything the demo produced.
-	rm -rf demo/data demo/archive demo/models demo/metrics demo/plots demo/mlflow.db \
+	rm -rf demo/data demo/archive demo/models demo/metrics demo/plots demo/reports demo/mlflow.db \
 		demo/mlartifacts demo/.sop
 
 clean: clean-demo  ## Also remove the virtual environment.

@@ -46,7 +46,7 @@ def main() -> None:
     apply_env_defaults(work)
     from pipeline.data.store import TileStore
     from pipeline.data.synthetic import synthetic_tile_store
-    from pipeline.train.launch import PretrainJob, run_pretrain
+    from pipeline.train.pretrain import PretrainJob, run_pretrain
 
     started = time.perf_counter()
     store = synthetic_tile_store(

@@ -117,6 +117,75 @@ def pretrain(
         pretrain_flow(backbone, params, root)
 
 
+InitsOption = Annotated[
+    list[str] | None,
+    typer.Option("--init", "-i", help="An init of the grid (default: every finetune.inits)."),
+]
+FractionsOption = Annotated[
+    list[float] | None,
+    typer.Option(
+        "--fraction", "-f", help="A label fraction (default: every data.label_fractions)."
+    ),
+]
+
+
+@app.command()
+@one_line_errors
+def weights(
+    inits: InitsOption = None,
+    params_file: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+) -> None:
+    """Fetch, verify and load each init's encoder for finetune.backbone into models/init/."""
+    params, root = _load(params_file, overrides)
+    from pipeline.flows import weights_flow
+
+    for init in inits or params.finetune.inits:
+        weights_flow(init, params, root)
+
+
+def _cells(
+    params: Any, inits: list[str] | None, fractions: list[float] | None
+) -> list[tuple[str, float]]:
+    return [
+        (init, fraction)
+        for init in inits or params.finetune.inits
+        for fraction in fractions or params.data.label_fractions
+    ]
+
+
+@app.command()
+@one_line_errors
+def finetune(
+    inits: InitsOption = None,
+    fractions: FractionsOption = None,
+    params_file: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+) -> None:
+    """Fine-tune each grid cell (init x label fraction); best checkpoints to models/finetune/."""
+    params, root = _load(params_file, overrides)
+    from pipeline.flows import finetune_flow
+
+    for init, fraction in _cells(params, inits, fractions):
+        finetune_flow(init, fraction, params, root)
+
+
+@app.command()
+@one_line_errors
+def evaluate(
+    inits: InitsOption = None,
+    fractions: FractionsOption = None,
+    params_file: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+) -> None:
+    """Evaluate each cell's best checkpoint on the test split (LoveDA: val)."""
+    params, root = _load(params_file, overrides)
+    from pipeline.flows import evaluate_flow
+
+    for init, fraction in _cells(params, inits, fractions):
+        evaluate_flow(init, fraction, params, root)
+
+
 @app.command()
 @one_line_errors
 def params(

@@ -374,10 +374,66 @@ class ComputeParams(_Section):
         raise ValueError(f"want a positive number of processes or 'auto' (got {value!r})")
 
 
+# Initialisations a fine-tuning run may start from (pipeline/models/inits.py holds their
+# sources and normalisations), and the backbones each one exists for.
+INIT_BACKBONES: dict[str, tuple[str, ...]] = {
+    "random": tuple(BACKBONE_INPUT_MULTIPLE),
+    "sop": tuple(BACKBONE_INPUT_MULTIPLE),
+    "imagenet": ("resnet50",),
+    "lvd142m": ("vits14",),
+    "gassl": ("resnet50",),
+    "seco": ("resnet50",),
+    "ssl4eo": ("resnet50",),
+    "satlas": ("resnet50",),
+}
+InitName = Literal["random", "sop", "imagenet", "lvd142m", "gassl", "seco", "ssl4eo", "satlas"]
+
+
 class FinetuneParams(_Section):
+    """Downstream segmentation: one run per (init, label fraction) of ``inits`` x fractions."""
+
+    dataset: str = Field(
+        default="landcoverai",
+        pattern=DATASET_NAME_PATTERN,
+        description="The labelled tile store fine-tuned and evaluated on; one of data.datasets.",
+    )
     backbone: BackboneName = "vits14"
+    inits: list[InitName] = Field(
+        default_factory=lambda: list[InitName](["random", "lvd142m", "sop"]),
+        min_length=1,
+        description="Starting weights, one fine-tuning run each (and each label fraction).",
+    )
+    weights_file: dict[str, str] = Field(
+        default_factory=dict,
+        description="Init -> a local copy of its published weights (safetensors or .pth); the "
+        "only way offline. Pinned-URL inits check it against their pinned sha256 prefix.",
+    )
+    normalisation: dict[str, Literal["own", "imagenet"]] = Field(
+        default_factory=dict,
+        description="decided: 'imagenet' (x/255, ImageNet mean/std) for every init unless set "
+        "to 'own', the normalisation the init was pretrained with (Sentinel-2 reflectance "
+        "scalings do not fit 8-bit aerial RGB).",
+    )
     input_size: PositiveInt = Field(
         default=448, description="Crop side; a multiple of the ViT patch size (14) or 32."
+    )
+    epochs: PositiveInt = 50
+    batch_size: PositiveInt = 16
+    lr_backbone: Annotated[float, Field(gt=0)] = 1e-4
+    lr_head: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    warmup_epochs: Annotated[int, Field(ge=0)] = 2
+    flips: bool = Field(default=True, description="Random horizontal and vertical flips.")
+    rot90: bool = Field(default=True, description="Random multiples of 90 degrees.")
+    window_overlap: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.0,
+        description="Sliding-window inference on whole tiles: overlap between windows (the "
+        "last window is aligned to the tile's edge whatever the overlap).",
+    )
+    convergence_threshold: Fraction = Field(
+        default=0.60,
+        description="The paper's convergence measure: the first epoch whose validation mIoU "
+        "reaches this.",
     )
 
     @field_validator("input_size")
@@ -387,6 +443,36 @@ class FinetuneParams(_Section):
         if backbone is not None:
             _check_multiple(value, backbone, pretext=False)
         return value
+
+    @model_validator(mode="after")
+    def _inits_exist_for_the_backbone(self) -> FinetuneParams:
+        for field, names in (
+            ("weights_file", self.weights_file),
+            ("normalisation", self.normalisation),
+        ):
+            unknown = sorted(set(names) - set(INIT_BACKBONES))
+            if unknown:
+                raise PydanticCustomError(
+                    "unknown_init",
+                    "{field}: unknown init(s) {unknown}; known: {known}",
+                    {"field": field, "unknown": unknown, "known": list(INIT_BACKBONES)},
+                )
+        for init in [*self.inits, *self.weights_file, *self.normalisation]:
+            if self.backbone not in INIT_BACKBONES[init]:
+                raise PydanticCustomError(
+                    "init_backbone",
+                    "{init}: no such weights for {backbone}; inits for it: {allowed}",
+                    {
+                        "init": init,
+                        "backbone": self.backbone,
+                        "allowed": [i for i, b in INIT_BACKBONES.items() if self.backbone in b],
+                    },
+                )
+        if len(set(self.inits)) != len(self.inits):
+            raise PydanticCustomError(
+                "inits", "inits: listed twice in {inits}", {"inits": self.inits}
+            )
+        return self
 
 
 class SyntheticParams(_Section):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from pipeline.config import Params, load_params
+from pipeline.flows.finetune import evaluate_section, finetune_section, weights_section
 from pipeline.flows.pretrain import section_for
 from pipeline.tracking import flatten
 
@@ -28,10 +30,39 @@ def test_pretrain_declares_the_params_it_reads(root: Path) -> None:
     assert declared == read
 
 
+def _stage(root: Path, name: str) -> dict[str, Any]:
+    stage: dict[str, Any] = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][name]
+    return stage.get("do", stage)  # foreach stages hold theirs under do
+
+
+def _in_dvc_terms(section: dict[str, Any], item_keys: set[str]) -> set[str]:
+    """Flattened params minus the stage's foreach/matrix items and the compute section other
+    than the device (where training runs does not change what it computes)."""
+    read = set(flatten(section)) - item_keys
+    read = {k for k in read if not k.startswith("compute.") or k == "compute.device"}
+    # Mappings keyed by init are declared whole: DVC needs every declared key in the file.
+    return {k.split(".", 2)[0] + "." + k.split(".", 2)[1] if k.count(".") > 1 else k for k in read}
+
+
 @pytest.mark.parametrize("root", [REPO, REPO / "demo"], ids=["paper", "demo"])
-def test_every_declared_param_is_in_the_params_file(root: Path) -> None:
+def test_downstream_stages_declare_the_params_they_read(root: Path) -> None:
+    params: Params = load_params(root / "params.yaml")
+    init, fraction = params.finetune.inits[0], params.data.label_fractions[0]
+    cell = {"finetune.init", "finetune.fraction"}
+    expected = {
+        "weights": _in_dvc_terms(weights_section(params, init), {"finetune.init"}),
+        "finetune": _in_dvc_terms(finetune_section(params, init, fraction), cell),
+        "evaluate": _in_dvc_terms(evaluate_section(params, init, fraction), cell),
+    }
+    for name, read in expected.items():
+        assert set(_stage(root, name)["params"]) == read, name
+
+
+@pytest.mark.parametrize("root", [REPO, REPO / "demo"], ids=["paper", "demo"])
+@pytest.mark.parametrize("name", ["pretrain", "weights", "finetune", "evaluate"])
+def test_every_declared_param_is_in_the_params_file(root: Path, name: str) -> None:
     tree = yaml.safe_load((root / "params.yaml").read_text())
-    stage = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["pretrain"]["do"]
+    stage = _stage(root, name)
     for key in stage["params"]:
         node = tree
         for part in key.split("."):

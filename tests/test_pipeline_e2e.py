@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -96,6 +97,7 @@ def test_demo_pipeline_with_dvc(tmp_path: Path) -> None:
     params["synthetic"].update(scenes=2, height=1100, width=1200)
     params["data"]["sources"]["landcoverai"]["md5"] = "skip"  # smaller archive, other md5
     params["pretrain"].update(epochs=2, batch_size=2)  # 8 tiles: a smoke run of the stage
+    params["finetune"].update(epochs=2, batch_size=2, input_size=128)
     (demo / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copy(REPO / "demo" / "dvc.yaml", demo / "dvc.yaml")
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
@@ -113,6 +115,7 @@ def test_demo_pipeline_with_dvc(tmp_path: Path) -> None:
         metrics = json.loads((demo / "metrics" / "pretrain" / f"{backbone}.json").read_text())
         assert metrics["epochs"] == 2
     assert "val_iou" in dvc(demo, "metrics", "show")
+    _check_downstream(demo, params)
     # Where training runs is not what it computes: no stage goes stale.
     params["compute"]["loader_workers"] = 1
     (demo / "params.yaml").write_text(yaml.safe_dump(params))
@@ -124,9 +127,56 @@ def test_demo_pipeline_with_dvc(tmp_path: Path) -> None:
     assert "pretrain@resnet_demo" in status
     assert "tile@landcoverai" not in status
     params["pretrain"]["epochs"] = 2
+    # A fine-tuning param makes the grid stale, not its starting weights nor pretraining.
+    params["finetune"]["epochs"] = 3
+    (demo / "params.yaml").write_text(yaml.safe_dump(params))
+    status = dvc(demo, "status")
+    assert "finetune@random-0.5" in status
+    assert "weights@" not in status
+    assert "pretrain@" not in status
+    params["finetune"]["epochs"] = 2
     # A changed tiling param makes exactly the tile stage stale.
     params["data"]["subset_seed"] = 1
     (demo / "params.yaml").write_text(yaml.safe_dump(params))
     status = dvc(demo, "status")
     assert "tile@landcoverai" in status
     assert "download@landcoverai" not in status
+
+
+def _check_downstream(demo: Path, params: dict[str, Any]) -> None:
+    """Every init at every fraction: curves, best checkpoint, test metrics, one MLflow run."""
+    cells = [
+        f"{init}-{float(fraction)}"
+        for init in params["finetune"]["inits"]
+        for fraction in params["data"]["label_fractions"]
+    ]
+    assert len(cells) == 6
+    where = Path("landcoverai") / params["finetune"]["backbone"]
+    client = mlflow.MlflowClient(f"sqlite:///{demo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("sop-demo-finetune")
+    assert experiment is not None
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    tiles = []
+    for cell in cells:
+        record = json.loads((demo / "models/finetune" / where / cell / "run.json").read_text())
+        assert (demo / "models/finetune" / where / cell / "best.safetensors").exists()
+        curve = (demo / "plots/finetune" / where / f"{cell}.csv").read_text().splitlines()
+        assert curve[0].startswith("epoch,train_loss,val_miou")
+        assert len(curve) == 1 + 2  # a row per epoch
+        test = json.loads((demo / "metrics/evaluate" / where / f"{cell}.json").read_text())
+        assert test["split"] == "test"
+        assert 0.0 <= test["test_miou"] <= 1.0
+        confusion = json.loads((demo / "reports/confusion" / where / f"{cell}.json").read_text())
+        assert len(confusion["matrix"]) == 5
+        assert (demo / "reports/confusion" / where / f"{cell}.png").read_bytes()[:4] == b"\x89PNG"
+        run = client.get_run(record["mlflow_run_id"])
+        assert runs[cell].info.run_id == run.info.run_id
+        assert run.data.metrics["test_miou"] == pytest.approx(test["test_miou"])
+        history = client.get_metric_history(run.info.run_id, "val_miou")
+        assert [m.step for m in history] == [1, 2]
+        artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "evaluation")]
+        assert f"evaluation/{cell}.png" in artifacts
+        tiles.append(record["metrics"]["train_tiles"])
+    # Fewer labels, fewer tiles; the same subsets for every init.
+    assert tiles[:3] == tiles[3:]
+    assert tiles[0] > tiles[2]

@@ -21,8 +21,7 @@ from pipeline.data.store import TileStore
 from pipeline.flows.pretrain import checkpoint_root
 from pipeline.models.overlap import create_overlap_model
 from pipeline.train.engine import evaluate, latest_checkpoint
-from pipeline.train.launch import pretrain_rows
-from pipeline.train.pretrain import OverlapTask, StoreTiles
+from pipeline.train.pretrain import OverlapTask, StoreTiles, pretrain_rows
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

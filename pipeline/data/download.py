@@ -33,15 +33,25 @@ MAX_COMPRESSION_RATIO = 200
 RATIO_CHECK_MIN_BYTES = 10_000_000
 
 
+# Checks a file (a download's .part, or a cached copy) before it is used; raises ChecksumError.
+# The string says where the file came from, for the message.
+Verifier = Callable[[Path, str], None]
+
+
 def md5_of(path: Path, progress: bool = False) -> str:
-    digest = hashlib.md5()
+    return file_digest(path, "md5", progress)
+
+
+def file_digest(path: Path, algorithm: str = "md5", progress: bool = False) -> str:
+    """The hex digest of a file, read in chunks (archives and weights are large)."""
+    digest = hashlib.new(algorithm)
     with (
         open(path, "rb") as handle,
         tqdm(
             total=path.stat().st_size,
             unit="B",
             unit_scale=True,
-            desc=f"md5 {path.name}",
+            desc=f"{algorithm} {path.name}",
             disable=not progress,
             leave=False,
         ) as bar,
@@ -101,10 +111,21 @@ def download(
     timeout_s: float = 60.0,
     param_name: str = "data.sources.<dataset>.url",
     progress: bool = True,
+    verifier: Verifier | None = None,
 ) -> Path:
-    """Download ``url`` to ``target`` (resuming ``target.part``), verified, renamed atomically."""
+    """Download ``url`` to ``target`` (resuming ``target.part``), verified, renamed atomically.
+
+    ``verifier`` replaces the md5 check (pass ``expected_md5=None``): it raises
+    :class:`ChecksumError` for a file that is not the expected one (weights pin a SHA-256 prefix).
+    """
     if target.exists():
-        if expected_md5 is None or md5_of(target) == expected_md5:
+        if verifier is not None:
+            try:
+                verifier(target, f"cached at {target}")
+                return target
+            except ChecksumError:
+                pass
+        elif expected_md5 is None or md5_of(target) == expected_md5:
             return target
         # A stale file from an earlier source: set it aside, never use it.
         target.replace(target.with_name(target.name + ".bad"))
@@ -159,7 +180,10 @@ def download(
                     "resumed on retry"
                 )
     try:
-        verify(part, expected_md5, f"downloaded from {url}; set {param_name} or its md5")
+        if verifier is not None:
+            verifier(part, f"downloaded from {url}; set {param_name}")
+        else:
+            verify(part, expected_md5, f"downloaded from {url}; set {param_name} or its md5")
     except ChecksumError:
         part.replace(target.with_name(target.name + ".bad"))
         raise

@@ -8,8 +8,17 @@ server; with it set, runs report to that server.
 
 from pipeline.flows.common import quiet_user_error_tracebacks
 from pipeline.flows.data import download_flow, synth_flow, tile_flow
+from pipeline.flows.finetune import evaluate_flow, finetune_flow, weights_flow
 from pipeline.flows.pretrain import pretrain_flow
 
 quiet_user_error_tracebacks()
 
-__all__ = ["download_flow", "pretrain_flow", "synth_flow", "tile_flow"]
+__all__ = [
+    "download_flow",
+    "evaluate_flow",
+    "finetune_flow",
+    "pretrain_flow",
+    "synth_flow",
+    "tile_flow",
+    "weights_flow",
+]

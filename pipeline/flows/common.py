@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
 import os
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -77,3 +82,48 @@ def tracked_run(
         tile_index_hash=tile_index_hash,
         experiment_prefix=params.tracking.experiment_prefix,
     )
+
+
+def launch_ranks(job_file: Path, processes: int) -> None:
+    """Run a training job as ``processes`` DDP ranks through torchrun; output streams through."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "pipeline.train.launch",
+        str(job_file),
+    ]
+    print(f"launching {processes} DDP processes: {' '.join(command[1:])}")
+    completed = subprocess.run(command, check=False)
+    if completed.returncode != 0:
+        raise PipelineError(
+            f"torchrun exited with {completed.returncode}; the ranks' errors are above "
+            f"(job {job_file})"
+        )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def json_safe(value: Any) -> Any:
+    """NaN (a class absent from a set) as null: DVC and browsers reject NaN in JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(json_safe(value), indent=2))

@@ -19,8 +19,6 @@ import csv
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +27,12 @@ from prefect import flow
 from pipeline import tracking
 from pipeline.config import Params, params_to_yaml
 from pipeline.data import store
-from pipeline.errors import DataError, PipelineError
-from pipeline.flows.common import tracked_run
+from pipeline.errors import DataError
+from pipeline.flows.common import launch_ranks, sha256_file, tracked_run, write_json
 from pipeline.flows.data import tiles_dir
 from pipeline.models.backbones import BACKBONES
-from pipeline.train.launch import (
-    ENCODER_FILE,
-    RESULT_FILE,
-    PretrainJob,
-    resolve_processes,
-    run_pretrain,
-)
+from pipeline.train.launch import RESULT_FILE, resolve_processes
+from pipeline.train.pretrain import ENCODER_FILE, PretrainJob, run_pretrain
 
 PROVENANCE_FILE = "provenance.json"
 KEPT_ENCODER = {"vit": "the ViT backbone", "resnet": "encoder A (source)"}
@@ -78,35 +71,6 @@ def fingerprint(params: Params, backbone: str, index_sha256: str) -> str:
     section["compute.device"] = params.compute.device  # precision follows the device
     text = json.dumps({"section": section, "tiles": index_sha256}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _launch(job_file: Path, processes: int) -> None:
-    """One rank per process through torchrun; its output streams through."""
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={processes}",
-        "-m",
-        "pipeline.train.launch",
-        str(job_file),
-    ]
-    print(f"launching {processes} DDP processes: {' '.join(command[1:])}")
-    completed = subprocess.run(command, check=False)
-    if completed.returncode != 0:
-        raise PipelineError(
-            f"torchrun exited with {completed.returncode}; the ranks' errors are above "
-            f"(job {job_file})"
-        )
 
 
 @flow(name="pretrain", flow_run_name="pretrain-{backbone}", log_prints=True)
@@ -148,7 +112,7 @@ def pretrain_flow(backbone: str, params: Params, root: Path) -> dict[str, Any]:
         if processes == 1:
             result = run_pretrain(job)
         else:
-            _launch(job.write(checkpoints / "job.json"), processes)
+            launch_ranks(job.write(checkpoints / "job.json"), processes)
             result = json.loads((out / RESULT_FILE).read_text())
         (out / RESULT_FILE).unlink(missing_ok=True)
         final = result["history"][-1]
@@ -157,7 +121,7 @@ def pretrain_flow(backbone: str, params: Params, root: Path) -> dict[str, Any]:
         provenance = {
             "backbone": backbone,
             "encoder": ENCODER_FILE,
-            "encoder_sha256": _sha256(out / ENCODER_FILE),
+            "encoder_sha256": sha256_file(out / ENCODER_FILE),
             "kept": KEPT_ENCODER[BACKBONES[backbone].family],
             "params": section_for(params, backbone),
             "dataset": dataset,
@@ -177,7 +141,7 @@ def pretrain_flow(backbone: str, params: Params, root: Path) -> dict[str, Any]:
             "peak_memory_mb": result["peak_memory_mb"],
             "processes": result["processes"],
         }
-        _write_json(metrics_path(root, backbone), metrics)
+        write_json(metrics_path(root, backbone), metrics)
         _write_curve(curve_path(root, backbone), result["history"])
         mlflow.log_metrics({f"final.{k}": float(v) for k, v in metrics.items()})
         mlflow.log_artifact(str(out / PROVENANCE_FILE))
@@ -188,11 +152,6 @@ def pretrain_flow(backbone: str, params: Params, root: Path) -> dict[str, Any]:
         f"centred-box baseline {final['baseline_iou']:.3f} -> {out / ENCODER_FILE}"
     )
     return metrics
-
-
-def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2))
 
 
 def _write_curve(path: Path, history: list[dict[str, float]]) -> None:

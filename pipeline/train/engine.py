@@ -4,12 +4,15 @@ What lives here once: AdamW with parameter groups (backbone and new layers), lin
 cosine, gradient clipping, bf16 autocast on CUDA (fp32 on CPU), channels_last, optional
 torch.compile, DDP under torchrun (gloo on CPU), atomic checkpoints every N steps (model,
 optimiser, scheduler, step, RNG) with resume from the newest one that loads, a progress bar, and
-per-epoch metrics to a callback.
+per-epoch metrics to a callback, and the best-validation weights (``best.pt``) when the task
+names a metric to select on.
 
 Determinism: the data order of each epoch is a permutation drawn from (seed, epoch), and the
 task's randomness at step t comes from a generator seeded with (seed, t, rank). A run resumed at
 any checkpoint therefore sees exactly the batches and samples an uninterrupted run sees, and ends
-with the same metrics on CPU.
+with the same metrics on CPU. A training set that augments in its DataLoader workers gets the
+epoch through ``set_epoch`` before each epoch's loader is built, and seeds each sample from
+(seed, epoch, index): the same augmentation whichever worker or rank draws it.
 
 Validation is exact under DDP: each rank evaluates a disjoint share of the validation set, the
 task returns additive sums (IoU sums, a confusion matrix), the engine all-reduces them, and the
@@ -39,6 +42,7 @@ from pipeline.train import distributed
 from pipeline.train.distributed import Distributed
 
 CHECKPOINT_GLOB = "step-*.pt"
+BEST_FILE = "best.pt"
 READOUT_EVERY = 20  # steps between progress readouts, the only host syncs while training
 
 
@@ -89,6 +93,9 @@ class EngineSettings:
     num_workers: int = 0
     eval_batch_size: int | None = None  # per rank; the training batch per rank by default
     progress: bool = True
+    # The validation metric whose best epoch is kept in ``best.pt`` (higher is better); None:
+    # keep no best weights.
+    best_metric: str | None = None
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -99,6 +106,25 @@ class FitResult:
     resumed_from: int | None
     seconds: float
     images_per_second: float  # over this process's training steps, all ranks together
+    best_epoch: int | None = None  # the epoch whose weights best.pt holds
+
+
+def best_epoch(history: Sequence[Mapping[str, float]], metric: str) -> int | None:
+    """The first epoch with the highest ``metric`` (NaN never wins)."""
+    best: tuple[float, int] | None = None
+    for row in history:
+        value = row.get(metric, float("nan"))
+        if not math.isnan(value) and (best is None or value > best[0]):
+            best = (value, int(row["epoch"]))
+    return None if best is None else best[1]
+
+
+def load_best(checkpoint_dir: Path) -> dict[str, Any]:
+    """``{"model": state dict, "epoch": int, "metric": str, "value": float}`` of best.pt."""
+    state: dict[str, Any] = torch.load(
+        checkpoint_dir / BEST_FILE, map_location="cpu", weights_only=True
+    )
+    return state
 
 
 class EpochOrder(Sampler[int]):
@@ -207,6 +233,22 @@ def validation_loader(
     return DataLoader(Subset(indexed, list(share)), batch_size=batch_size, num_workers=num_workers)
 
 
+def evaluation_sums(
+    task: Task,
+    model: nn.Module,
+    val_set: Dataset[Any],
+    device: torch.device,
+    batch_size: int,
+    context: Distributed = distributed.SINGLE_PROCESS,
+) -> dict[str, Tensor]:
+    """The task's additive validation state over the whole set: each rank's share, summed."""
+    loader = validation_loader(val_set, batch_size, context)
+    sums = task.validation_sums(model, loader, device)
+    for value in sums.values():
+        distributed.all_reduce_sum(value, context)
+    return sums
+
+
 def evaluate(
     task: Task,
     model: nn.Module,
@@ -216,11 +258,7 @@ def evaluate(
     context: Distributed = distributed.SINGLE_PROCESS,
 ) -> dict[str, float]:
     """The task's metrics over the whole validation set, exact under DDP."""
-    loader = validation_loader(val_set, batch_size, context)
-    sums = task.validation_sums(model, loader, device)
-    for value in sums.values():
-        distributed.all_reduce_sum(value, context)
-    return task.summarise(sums)
+    return task.summarise(evaluation_sums(task, model, val_set, device, batch_size, context))
 
 
 def fit(
@@ -297,6 +335,8 @@ def fit(
     trained_steps, train_seconds = 0, 0.0
     while step < total:
         epoch, offset = divmod(step, steps_per_epoch)
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(epoch)  # before the workers are forked: they carry it
         loader = DataLoader(
             train_set,
             batch_size=per_rank,
@@ -351,6 +391,17 @@ def fit(
                 **evaluate(task, model, val_set, device, eval_batch, context),
             }
             history.append(metrics)  # deterministic figures only: a resumed run must match
+            best = settings.best_metric
+            if best is not None and context.is_main and best_epoch(history, best) == epoch + 1:
+                _atomic_save(
+                    {
+                        "model": model.state_dict(),
+                        "epoch": epoch + 1,
+                        "metric": best,
+                        "value": metrics[best],
+                    },
+                    settings.checkpoint_dir / BEST_FILE,
+                )
             rate = trained_steps * settings.batch_size / max(train_seconds, 1e-9)
             if on_epoch is not None and context.is_main:
                 on_epoch(step // steps_per_epoch, {**metrics, "images_per_second": rate})
@@ -367,6 +418,7 @@ def fit(
         resumed_from,
         time.perf_counter() - started,
         trained_steps * settings.batch_size / max(train_seconds, 1e-9),
+        best_epoch(history, settings.best_metric) if settings.best_metric else None,
     )
 
 

@@ -1,4 +1,4 @@
-"""Training jobs: what one process (or each torchrun rank) runs.
+"""Training jobs (pretraining, fine-tuning): what one process (or each torchrun rank) runs.
 
 A stage's flow writes a job file and runs it here, in its own process for one device or
 through ``torchrun --nproc_per_node N -m pipeline.train.launch JOB`` for DDP. The main rank
@@ -10,68 +10,45 @@ orchestrates, whatever the number of training processes.
 from __future__ import annotations
 
 import json
+import math
 import resource
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from pipeline.config import Params, load_params
-from pipeline.data.store import TileStore
-from pipeline.errors import DataError, ParamsError
-from pipeline.models.overlap import create_overlap_model
-from pipeline.models.weights import load_starting_weights, save_encoder
+from pipeline.config import FinetuneParams, Params, PretrainParams
+from pipeline.errors import ParamsError
 from pipeline.train import distributed
-from pipeline.train.engine import EngineSettings, fit
-from pipeline.train.pretrain import OverlapTask, StoreTiles
+from pipeline.train.engine import EngineSettings
 
 RESULT_FILE = "result.json"
-ENCODER_FILE = "encoder.safetensors"
-HELD_OUT_EVERY = 20  # unsplit imagery: one tile in 20 validates the pretext task
+_PATH_FIELDS = ("params_file", "store_dir", "out_dir", "checkpoint_dir", "init_weights")
 
 
-@dataclass(frozen=True)
-class PretrainJob:
-    params_file: Path  # the resolved params, as the flow saw them
-    backbone: str
-    store_dir: Path
-    out_dir: Path  # encoder.safetensors and result.json
-    checkpoint_dir: Path
-    tracking_uri: str | None = None
-    run_id: str | None = None
+class JobFile:
+    """A job as JSON, tagged with its kind, for ``python -m pipeline.train.launch``."""
 
     def write(self, path: Path) -> Path:
-        path.write_text(json.dumps({k: str(v) if v else v for k, v in asdict(self).items()}))
+        fields = asdict(self)  # type: ignore[call-overload]
+        raw = {k: str(v) if isinstance(v, Path) else v for k, v in fields.items()}
+        path.write_text(json.dumps({"kind": type(self).__name__, **raw}))
         return path
 
-    @classmethod
-    def read(cls, path: Path) -> PretrainJob:
-        raw = json.loads(path.read_text())
-        for key in ("params_file", "store_dir", "out_dir", "checkpoint_dir"):
+
+def read_job(path: Path) -> Any:
+    """The PretrainJob or FinetuneJob a flow wrote to ``path``."""
+    from pipeline.train.finetune import FinetuneJob
+    from pipeline.train.pretrain import PretrainJob
+
+    raw = json.loads(path.read_text())
+    kind = raw.pop("kind", "PretrainJob")
+    for key in _PATH_FIELDS:
+        if key in raw:
             raw[key] = Path(raw[key])
-        return cls(**raw)
-
-
-def pretrain_rows(store: TileStore, images: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training rows, validation rows) of the store for ``pretrain.images``.
-
-    ``train``: the train split (or the whole of unsplit imagery, split ``pretrain``);
-    ``all``: every tile. Validation is the val split; imagery without one holds out every
-    20th tile of a seeded permutation of the training rows.
-    """
-    train = np.concatenate([store.rows("train"), store.rows("pretrain")])
-    if images == "all":
-        train = np.arange(len(store))
-    val = store.rows("val")
-    if len(val) == 0:
-        order = np.random.default_rng(seed).permutation(train)
-        val, train = order[::HELD_OUT_EVERY], np.setdiff1d(train, order[::HELD_OUT_EVERY])
-    if len(train) == 0:
-        raise DataError(f"{store.directory}: no tiles to pretrain on (pretrain.images={images})")
-    return np.sort(train), np.sort(val)
+    return FinetuneJob(**raw) if kind == "FinetuneJob" else PretrainJob(**raw)
 
 
 def resolve_device(params: Params) -> str:
@@ -90,8 +67,13 @@ def resolve_processes(params: Params) -> int:
     return max(1, torch.cuda.device_count()) if resolve_device(params) == "cuda" else 1
 
 
-def engine_settings(params: Params, checkpoint_dir: Path) -> EngineSettings:
-    p, compute = params.pretrain, params.compute
+def engine_settings(
+    params: Params,
+    checkpoint_dir: Path,
+    section: PretrainParams | FinetuneParams | None = None,
+    best_metric: str | None = None,
+) -> EngineSettings:
+    p, compute = section or params.pretrain, params.compute
     return EngineSettings(
         epochs=p.epochs,
         batch_size=p.batch_size,
@@ -106,6 +88,7 @@ def engine_settings(params: Params, checkpoint_dir: Path) -> EngineSettings:
         num_workers=compute.loader_workers,
         progress=compute.progress,
         device=resolve_device(params),
+        best_metric=best_metric,
     )
 
 
@@ -115,85 +98,24 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_pretrain(job: PretrainJob) -> dict[str, Any]:
-    """Train the overlap model of ``job.backbone``; the main rank exports the encoder."""
-    params = load_params(job.params_file)
-    p = params.pretrain
-    context = distributed.from_environment()
-    store = TileStore(job.store_dir)
-    train_rows, val_rows = pretrain_rows(store, p.images, params.seed)
-    if len(train_rows) < p.batch_size:
-        raise DataError(
-            f"pretrain.batch_size: {p.batch_size} is more than the {len(train_rows)} training "
-            f"tiles of {job.store_dir}"
-        )
-    # The same initial weights on every rank and in every resumed run.
-    torch.manual_seed(params.seed)
-    model = create_overlap_model(
-        job.backbone, p.source_size, p.subimage_size, share_encoders=p.share_encoders
-    )
-    weights_file = p.weights_file.get(job.backbone)
-    report = load_starting_weights(
-        model.encoder,  # type: ignore[arg-type]
-        job.backbone,
-        p.init,
-        Path(weights_file) if weights_file else None,
-    )
-    task = OverlapTask(
-        model,
-        p.source_size,
-        p.subimage_size,
-        gamma=p.focal_gamma,
-        alpha=p.focal_alpha,
-        flips=p.flips,
-        jitter=p.color_jitter,
-    )
-    settings = engine_settings(params, job.checkpoint_dir)
-    logger = _epoch_logger(job) if context.is_main else None
-    result = fit(
-        task,
-        StoreTiles(store, train_rows),
-        StoreTiles(store, val_rows),
-        settings,
-        on_epoch=logger,
-        context=context,
-    )
-    summary: dict[str, Any] = {
-        "backbone": job.backbone,
-        "steps": result.steps,
-        "history": result.history,
-        "resumed_from": result.resumed_from,
-        "seconds": round(result.seconds, 2),
-        "images_per_second": round(result.images_per_second, 2),
-        "peak_memory_mb": round(peak_memory_mb(settings.device), 1),
-        "processes": context.world_size,
-        "device": settings.device,
-        "train_tiles": len(train_rows),
-        "val_tiles": len(val_rows),
-        "starting_weights": report.source if report else "none",
-    }
-    if context.is_main:
-        job.out_dir.mkdir(parents=True, exist_ok=True)
-        save_encoder(model.encoder, job.out_dir / ENCODER_FILE)  # type: ignore[arg-type]
-        (job.out_dir / RESULT_FILE).write_text(json.dumps(summary, indent=2))
-    distributed.barrier(context)
-    return summary
-
-
-def _epoch_logger(job: PretrainJob) -> Any:
-    if not job.run_id:
+def epoch_logger(tracking_uri: str | None, run_id: str | None) -> Any:
+    if not run_id:
         return None
     import time
 
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(job.tracking_uri)
+    client = MlflowClient(tracking_uri)
 
     def log(epoch: int, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(k, v, now, epoch) for k, v in metrics.items() if k != "epoch"]
-        client.log_batch(job.run_id or "", metrics=batch)
+        batch = [
+            Metric(k, v, now, epoch)
+            for k, v in metrics.items()
+            if k != "epoch" and not math.isnan(v)
+        ]
+        client.log_batch(run_id, metrics=batch)
 
     return log
 
@@ -205,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     context = distributed.from_environment()
     try:
-        run_pretrain(PretrainJob.read(Path(args[0])))
+        job = read_job(Path(args[0]))
+        job.run()
     finally:
         distributed.shutdown(context)
     return 0

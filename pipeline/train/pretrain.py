@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,7 +13,20 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.config import load_params
 from pipeline.data.store import TileStore
+from pipeline.errors import DataError
+from pipeline.models.overlap import create_overlap_model
+from pipeline.models.weights import load_starting_weights, save_encoder
+from pipeline.train import distributed
+from pipeline.train.engine import fit
+from pipeline.train.launch import (
+    RESULT_FILE,
+    JobFile,
+    engine_settings,
+    epoch_logger,
+    peak_memory_mb,
+)
 from pipeline.train.losses import sigmoid_focal_loss
 from pipeline.train.metrics import box_decoded_iou, centred_box_iou, mask_iou
 from pipeline.train.sop import OverlapBatch, positions_for, sample_overlap
@@ -18,6 +34,8 @@ from pipeline.train.sop import OverlapBatch, positions_for, sample_overlap
 # ImageNet statistics: both published starting points (LVD-142M, ImageNet) were trained on them.
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+ENCODER_FILE = "encoder.safetensors"
+HELD_OUT_EVERY = 20  # unsplit imagery: one tile in 20 validates the pretext task
 VALIDATION_SEED = 20260101  # the same validation pairs every epoch and every run
 LUMA = (0.299, 0.587, 0.114)
 
@@ -138,3 +156,101 @@ class OverlapTask:
             "val_box_iou": box / count,
             "baseline_iou": baseline / count,
         }
+
+
+@dataclass(frozen=True)
+class PretrainJob(JobFile):
+    params_file: Path  # the resolved params, as the flow saw them
+    backbone: str
+    store_dir: Path
+    out_dir: Path  # encoder.safetensors and result.json
+    checkpoint_dir: Path
+    tracking_uri: str | None = None
+    run_id: str | None = None
+
+    def run(self) -> dict[str, Any]:
+        return run_pretrain(self)
+
+
+def pretrain_rows(store: TileStore, images: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of the store for ``pretrain.images``.
+
+    ``train``: the train split (or the whole of unsplit imagery, split ``pretrain``);
+    ``all``: every tile. Validation is the val split; imagery without one holds out every
+    20th tile of a seeded permutation of the training rows.
+    """
+    train = np.concatenate([store.rows("train"), store.rows("pretrain")])
+    if images == "all":
+        train = np.arange(len(store))
+    val = store.rows("val")
+    if len(val) == 0:
+        order = np.random.default_rng(seed).permutation(train)
+        val, train = order[::HELD_OUT_EVERY], np.setdiff1d(train, order[::HELD_OUT_EVERY])
+    if len(train) == 0:
+        raise DataError(f"{store.directory}: no tiles to pretrain on (pretrain.images={images})")
+    return np.sort(train), np.sort(val)
+
+
+def run_pretrain(job: PretrainJob) -> dict[str, Any]:
+    """Train the overlap model of ``job.backbone``; the main rank exports the encoder."""
+    params = load_params(job.params_file)
+    p = params.pretrain
+    context = distributed.from_environment()
+    store = TileStore(job.store_dir)
+    train_rows, val_rows = pretrain_rows(store, p.images, params.seed)
+    if len(train_rows) < p.batch_size:
+        raise DataError(
+            f"pretrain.batch_size: {p.batch_size} is more than the {len(train_rows)} training "
+            f"tiles of {job.store_dir}"
+        )
+    # The same initial weights on every rank and in every resumed run.
+    torch.manual_seed(params.seed)
+    model = create_overlap_model(
+        job.backbone, p.source_size, p.subimage_size, share_encoders=p.share_encoders
+    )
+    weights_file = p.weights_file.get(job.backbone)
+    report = load_starting_weights(
+        model.encoder,  # type: ignore[arg-type]
+        job.backbone,
+        p.init,
+        Path(weights_file) if weights_file else None,
+    )
+    task = OverlapTask(
+        model,
+        p.source_size,
+        p.subimage_size,
+        gamma=p.focal_gamma,
+        alpha=p.focal_alpha,
+        flips=p.flips,
+        jitter=p.color_jitter,
+    )
+    settings = engine_settings(params, job.checkpoint_dir)
+    logger = epoch_logger(job.tracking_uri, job.run_id) if context.is_main else None
+    result = fit(
+        task,
+        StoreTiles(store, train_rows),
+        StoreTiles(store, val_rows),
+        settings,
+        on_epoch=logger,
+        context=context,
+    )
+    summary: dict[str, Any] = {
+        "backbone": job.backbone,
+        "steps": result.steps,
+        "history": result.history,
+        "resumed_from": result.resumed_from,
+        "seconds": round(result.seconds, 2),
+        "images_per_second": round(result.images_per_second, 2),
+        "peak_memory_mb": round(peak_memory_mb(settings.device), 1),
+        "processes": context.world_size,
+        "device": settings.device,
+        "train_tiles": len(train_rows),
+        "val_tiles": len(val_rows),
+        "starting_weights": report.source if report else "none",
+    }
+    if context.is_main:
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+        save_encoder(model.encoder, job.out_dir / ENCODER_FILE)  # type: ignore[arg-type]
+        (job.out_dir / RESULT_FILE).write_text(json.dumps(summary, indent=2))
+    distributed.barrier(context)
+    return summary

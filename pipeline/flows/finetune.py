@@ -1,0 +1,505 @@
+"""The downstream flows: starting weights, fine-tuning, evaluation; one grid cell at a time.
+
+A grid cell is (dataset, backbone, init, label fraction). Outputs (DVC tracks them):
+
+- ``weights``: ``models/init/<backbone>/<init>.safetensors``: the init's encoder in the
+  backbone's exact layout (random weights from the seed; published weights fetched, verified
+  and loaded with every missing and unexpected key reported; SOP: the pretrain stage's encoder),
+  and ``<init>.json``, its provenance and load report.
+- ``finetune``: ``models/finetune/<dataset>/<backbone>/<init>-<fraction>/best.safetensors``
+  (the best-validation epoch's segmenter) and ``run.json``; ``metrics/finetune/.../<cell>.json``;
+  the per-epoch curves ``plots/finetune/.../<cell>.csv``.
+- ``evaluate``: ``metrics/evaluate/.../<cell>.json`` (mIoU, per-class IoU on the test split) and
+  ``reports/confusion/.../<cell>.json`` and ``.png``.
+
+Each flow opens its MLflow run; evaluate also adds its figures and the confusion matrix to the
+cell's fine-tuning run, so one run holds the cell's curves, best checkpoint and test results.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import flow
+from safetensors.torch import load_file
+
+from pipeline.config import Params, params_to_yaml
+from pipeline.data import store as tile_store
+from pipeline.errors import DataError, ParamsError
+from pipeline.flows.common import launch_ranks, sha256_file, tracked_run, write_json
+from pipeline.flows.data import tiles_dir
+from pipeline.flows.pretrain import model_dir as pretrain_dir
+from pipeline.models.backbones import create_backbone
+from pipeline.models.inits import INITS, init_state, load_init, normalisation_for
+from pipeline.models.segmenters import create_segmenter
+from pipeline.models.weights import save_encoder
+from pipeline.train import distributed
+from pipeline.train.engine import validation_loader
+from pipeline.train.finetune import (
+    BEST_WEIGHTS_FILE,
+    FinetuneJob,
+    SegmentationTask,
+    SegmentationTiles,
+    run_finetune,
+)
+from pipeline.train.launch import RESULT_FILE, resolve_device, resolve_processes
+from pipeline.train.pretrain import ENCODER_FILE
+
+RUN_FILE = "run.json"
+NO_TEST_LABELS = (
+    "{dataset} has no labelled test tiles (LoveDA keeps its test labels hidden): evaluated on "
+    "the val split, which also selected the best epoch, so the figure is optimistic"
+)
+
+
+def cell_name(init: str, fraction: float) -> str:
+    """``sop-0.25``: how DVC's matrix renders the cell (Python's str of the fraction)."""
+    return f"{init}-{float(fraction)}"
+
+
+def init_path(root: Path, backbone: str, init: str) -> Path:
+    return root / "models" / "init" / backbone / f"{init}.safetensors"
+
+
+def cell_dir(root: Path, params: Params, init: str, fraction: float) -> Path:
+    f = params.finetune
+    return root / "models" / "finetune" / f.dataset / f.backbone / cell_name(init, fraction)
+
+
+def _cell_file(root: Path, kind: str, params: Params, cell: str, suffix: str) -> Path:
+    f = params.finetune
+    return root / kind / f.dataset / f.backbone / f"{cell}{suffix}"
+
+
+def finetune_metrics_path(root: Path, params: Params, init: str, fraction: float) -> Path:
+    return _cell_file(root, "metrics/finetune", params, cell_name(init, fraction), ".json")
+
+
+def finetune_curve_path(root: Path, params: Params, init: str, fraction: float) -> Path:
+    return _cell_file(root, "plots/finetune", params, cell_name(init, fraction), ".csv")
+
+
+def evaluate_metrics_path(root: Path, params: Params, init: str, fraction: float) -> Path:
+    return _cell_file(root, "metrics/evaluate", params, cell_name(init, fraction), ".json")
+
+
+def confusion_path(root: Path, params: Params, init: str, fraction: float, suffix: str) -> Path:
+    return _cell_file(root, "reports/confusion", params, cell_name(init, fraction), suffix)
+
+
+# --- what each stage reads (its DVC params; tests/test_dvc_declarations.py holds them equal) --
+
+
+def weights_section(params: Params, init: str) -> dict[str, Any]:
+    f = params.finetune
+    return {
+        "seed": params.seed,
+        "finetune": {
+            "init": init,
+            "backbone": f.backbone,
+            "input_size": f.input_size,
+            "weights_file": f.weights_file.get(init),
+        },
+    }
+
+
+FINETUNE_KEYS = (
+    "dataset",
+    "backbone",
+    "input_size",
+    "epochs",
+    "batch_size",
+    "lr_backbone",
+    "lr_head",
+    "weight_decay",
+    "warmup_epochs",
+    "flips",
+    "rot90",
+    "window_overlap",
+    "convergence_threshold",
+)
+EVALUATE_KEYS = ("dataset", "backbone", "input_size", "window_overlap")
+
+
+def _normalisation_choice(params: Params, init: str) -> str:
+    return params.finetune.normalisation.get(init, "imagenet")
+
+
+def finetune_section(params: Params, init: str, fraction: float) -> dict[str, Any]:
+    f = params.finetune.model_dump(mode="json")
+    section = {k: f[k] for k in FINETUNE_KEYS}
+    section |= {
+        "init": init,
+        "fraction": fraction,
+        "normalisation": _normalisation_choice(params, init),
+    }
+    return {"seed": params.seed, "finetune": section, "compute": params.compute.model_dump()}
+
+
+def evaluate_section(params: Params, init: str, fraction: float) -> dict[str, Any]:
+    f = params.finetune.model_dump(mode="json")
+    section = {k: f[k] for k in EVALUATE_KEYS}
+    section |= {
+        "init": init,
+        "fraction": fraction,
+        "normalisation": _normalisation_choice(params, init),
+    }
+    return {"finetune": section, "compute.device": params.compute.device}
+
+
+def _check_cell(params: Params, init: str) -> None:
+    f = params.finetune
+    if init not in f.inits:
+        raise ParamsError(f"finetune.inits: {init!r} is not one of {f.inits}")
+    if f.dataset not in params.data.datasets:
+        raise ParamsError(
+            f"finetune.dataset: {f.dataset!r} is not in data.datasets {params.data.datasets}"
+        )
+
+
+# --- weights ---------------------------------------------------------------------------------
+
+
+@flow(name="weights", flow_run_name="weights-{init}", log_prints=True)
+def weights_flow(init: str, params: Params, root: Path) -> dict[str, Any]:
+    """Materialise ``init``'s encoder for ``finetune.backbone`` as a strict-loading file."""
+    f = params.finetune
+    if init not in f.inits:
+        raise ParamsError(f"finetune.inits: {init!r} is not one of {f.inits}")
+    backbone = f.backbone
+    sop_encoder = pretrain_dir(root, backbone) / ENCODER_FILE
+    if init == "sop" and backbone not in params.pretrain.backbones:
+        raise ParamsError(
+            f"finetune.inits: sop needs {backbone} in pretrain.backbones "
+            f"{params.pretrain.backbones} (the SOP init is its pretrain stage's encoder)"
+        )
+    weights_file = f.weights_file.get(init)
+    out = init_path(root, backbone, init)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tracked_run("weights", params, root, f"{backbone}-{init}", weights_section(params, init)):
+        import mlflow
+
+        state, source = init_state(
+            init,
+            backbone,
+            weights_file=Path(weights_file) if weights_file else None,
+            sop_encoder=sop_encoder,
+            cache_dir=root / ".sop" / "weights",
+            timeout_s=params.data.download.timeout_s,
+            progress=params.compute.progress,
+        )
+        # The seed decides the random init (and nothing else here).
+        torch.manual_seed(params.seed)
+        encoder = create_backbone(backbone, f.input_size)
+        report = None if state is None else load_init(encoder, backbone, state, source)
+        save_encoder(encoder, out, {"init": init, "backbone": backbone})
+        own = INITS[init].normalisation
+        provenance = {
+            "init": init,
+            "backbone": backbone,
+            "source": source,
+            "description": INITS[init].description,
+            "sha256": sha256_file(out),
+            "loaded_tensors": None if report is None else report.loaded,
+            "missing_keys": [] if report is None else list(report.missing),
+            "unexpected_keys": [] if report is None else list(report.unexpected),
+            "own_normalisation": {"mean": list(own.mean), "std": list(own.std)},
+            "input_size": f.input_size,
+        }
+        if init == "sop":
+            provenance["pretrain_provenance"] = _read_json(
+                pretrain_dir(root, backbone) / "provenance.json"
+            )
+        write_json(out.with_suffix(".json"), provenance)
+        mlflow.log_dict(provenance, "weights.json")
+        if report is not None:
+            mlflow.log_metric("loaded_tensors", report.loaded)
+            mlflow.log_metric("unexpected_keys", len(report.unexpected))
+    unexpected = [] if report is None else list(report.unexpected)
+    extra = f", {len(unexpected)} unexpected keys ignored: {unexpected[:5]}" if unexpected else ""
+    print(f"{init} for {backbone}: {source}{extra} -> {out}")
+    return provenance
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# --- finetune --------------------------------------------------------------------------------
+
+
+def finetune_fingerprint(
+    params: Params, init: str, fraction: float, index_sha256: str, weights_sha256: str
+) -> str:
+    section = finetune_section(params, init, fraction)
+    section.pop("compute")
+    section["compute.device"] = params.compute.device
+    text = json.dumps(
+        {"section": section, "tiles": index_sha256, "weights": weights_sha256}, sort_keys=True
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@flow(name="finetune", flow_run_name="finetune-{init}-{fraction}", log_prints=True)
+def finetune_flow(init: str, fraction: float, params: Params, root: Path) -> dict[str, Any]:
+    """Fine-tune ``finetune.backbone`` from ``init`` on ``fraction`` of the training labels."""
+    _check_cell(params, init)
+    f = params.finetune
+    tiles = tiles_dir(root, f.dataset)
+    if not (tiles / tile_store.INDEX_FILE).exists():
+        raise DataError(f"{tiles}: no tile store; run the tile stage for {f.dataset} first")
+    weights = init_path(root, f.backbone, init)
+    if not weights.exists():
+        raise DataError(f"{weights}: no starting weights; run `dvc repro weights@{init}` first")
+    index_sha256 = tile_store.index_hash(tiles)
+    cell = cell_name(init, fraction)
+    key = finetune_fingerprint(params, init, fraction, index_sha256, sha256_file(weights))
+    stem = f"finetune-{f.dataset}-{f.backbone}-{cell}"
+    checkpoints = root / ".sop" / "checkpoints" / f"{stem}-{key}"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    out = cell_dir(root, params, init, fraction)
+    out.mkdir(parents=True, exist_ok=True)
+    section = finetune_section(params, init, fraction)
+    with tracked_run("finetune", params, root, cell, section, index_sha256) as run:
+        import mlflow
+
+        (checkpoints / "params.resolved.yaml").write_text(params_to_yaml(params))
+        job = FinetuneJob(
+            params_file=checkpoints / "params.resolved.yaml",
+            init=init,
+            fraction=float(fraction),
+            init_weights=weights,
+            store_dir=tiles,
+            out_dir=out,
+            checkpoint_dir=checkpoints,
+            tracking_uri=mlflow.get_tracking_uri(),
+            run_id=run.info.run_id,
+        )
+        processes = resolve_processes(params)
+        if processes == 1:
+            result = run_finetune(job)
+        else:
+            launch_ranks(job.write(checkpoints / "job.json"), processes)
+            result = json.loads((out / RESULT_FILE).read_text())
+        (out / RESULT_FILE).unlink(missing_ok=True)
+        history = result["history"]
+        best = next(row for row in history if int(row["epoch"]) == result["best_epoch"])
+        metrics = {
+            "best_val_miou": best["val_miou"],
+            "best_epoch": result["best_epoch"],
+            "convergence_epoch": result["convergence_epoch"],
+            "convergence_threshold": f.convergence_threshold,
+            "final_val_miou": history[-1]["val_miou"],
+            "epochs": int(history[-1]["epoch"]),
+            **{f"best_{k}": v for k, v in best.items() if k.startswith("val_iou_")},
+            "train_tiles": result["train_tiles"],
+            "val_tiles": result["val_tiles"],
+            "images_per_second": result["images_per_second"],
+            "peak_memory_mb": result["peak_memory_mb"],
+            "processes": result["processes"],
+        }
+        run_record = {
+            "cell": cell,
+            "dataset": f.dataset,
+            "backbone": f.backbone,
+            "init": init,
+            "fraction": float(fraction),
+            "weights": BEST_WEIGHTS_FILE,
+            "weights_sha256": sha256_file(out / BEST_WEIGHTS_FILE),
+            "init_weights_sha256": sha256_file(weights),
+            "tile_index_sha256": index_sha256,
+            "mlflow_run_id": run.info.run_id,
+            "resumed_from_step": result["resumed_from"],
+            "steps": result["steps"],
+            "metrics": metrics,
+        }
+        write_json(out / RUN_FILE, run_record)
+        write_json(finetune_metrics_path(root, params, init, fraction), metrics)
+        curve = finetune_curve_path(root, params, init, fraction)
+        _write_curve(curve, history)
+        mlflow.log_metrics(
+            {f"final.{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        )
+        mlflow.log_artifact(str(out / RUN_FILE))
+        mlflow.log_artifact(str(curve))
+    for folder in checkpoints.parent.glob(f"{stem}-*"):
+        if folder != checkpoints and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)  # other fingerprints never resume again
+    converged = metrics["convergence_epoch"]
+    print(
+        f"{cell}: best val mIoU {metrics['best_val_miou']:.3f} at epoch {metrics['best_epoch']}; "
+        + (
+            f"reached {f.convergence_threshold:g} at epoch {converged}"
+            if converged is not None
+            else f"never reached {f.convergence_threshold:g}"
+        )
+    )
+    return metrics
+
+
+def _write_curve(path: Path, history: list[dict[str, float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({**row, "epoch": int(row["epoch"])})
+
+
+# --- evaluate --------------------------------------------------------------------------------
+
+
+@flow(name="evaluate", flow_run_name="evaluate-{init}-{fraction}", log_prints=True)
+def evaluate_flow(init: str, fraction: float, params: Params, root: Path) -> dict[str, Any]:
+    """The best-validation checkpoint of a cell on the test split, whole tiles."""
+    _check_cell(params, init)
+    f = params.finetune
+    out = cell_dir(root, params, init, fraction)
+    if not (out / RUN_FILE).exists():
+        raise DataError(f"{out / RUN_FILE}: not fine-tuned yet; run the finetune stage first")
+    record = json.loads((out / RUN_FILE).read_text())
+    tiles = tiles_dir(root, f.dataset)
+    store = tile_store.TileStore(tiles)
+    meta = store.meta
+    split, note = "test", None
+    rows = store.rows("test")
+    if len(rows) == 0:
+        split, note, rows = "val", NO_TEST_LABELS.format(dataset=f.dataset), store.rows("val")
+    if len(rows) == 0:
+        raise DataError(f"{tiles}: no labelled test or val tiles to evaluate on")
+    device = torch.device(resolve_device(params))
+    model = create_segmenter(f.backbone, len(meta.class_names), f.input_size)
+    model.load_state_dict(load_file(out / BEST_WEIGHTS_FILE))
+    model.to(device)
+    evaluated = meta.evaluated_classes or tuple(
+        c for c in range(len(meta.class_names)) if c != meta.ignore_index
+    )
+    task = SegmentationTask(
+        model,
+        meta.class_names,
+        meta.ignore_index,
+        evaluated,
+        normalisation_for(init, _normalisation_choice(params, init)),
+        f.input_size,
+        f.window_overlap,
+    )
+    cell = cell_name(init, fraction)
+    with tracked_run(
+        "evaluate",
+        params,
+        root,
+        cell,
+        evaluate_section(params, init, fraction),
+        record.get("tile_index_sha256"),
+    ):
+        import mlflow
+
+        loader = validation_loader(
+            SegmentationTiles(store, rows), f.batch_size, distributed.SINGLE_PROCESS
+        )
+        matrix = task.validation_sums(model, loader, device)["confusion"].cpu()
+        figures = task.summarise({"confusion": matrix}, prefix="test")
+        metrics: dict[str, Any] = {
+            **figures,
+            "split": split,
+            "tiles": len(rows),
+            "best_epoch": record["metrics"]["best_epoch"],
+            "best_val_miou": record["metrics"]["best_val_miou"],
+            "convergence_epoch": record["metrics"]["convergence_epoch"],
+        }
+        if note:
+            metrics["note"] = note
+        confusion = {
+            "split": split,
+            "classes": list(meta.class_names),
+            "evaluated_classes": list(evaluated),
+            "ignore_index": meta.ignore_index,
+            "rows": "true class",
+            "columns": "predicted class",
+            "matrix": matrix.tolist(),
+        }
+        write_json(evaluate_metrics_path(root, params, init, fraction), metrics)
+        json_file = confusion_path(root, params, init, fraction, ".json")
+        png_file = confusion_path(root, params, init, fraction, ".png")
+        write_json(json_file, confusion)
+        plot_confusion(
+            matrix, meta.class_names, png_file, title=f"{f.dataset} {f.backbone} {cell} ({split})"
+        )
+        numbers = {k: float(v) for k, v in figures.items() if v == v}  # NaN: class absent
+        mlflow.log_metrics(numbers)
+        mlflow.log_artifact(str(json_file))
+        mlflow.log_artifact(str(png_file))
+        _add_to_finetune_run(record["mlflow_run_id"], numbers, [json_file, png_file], split, note)
+    message = f"{cell}: {split} mIoU {figures['test_miou']:.3f} over {len(rows)} tiles"
+    print(message + (f" ({note})" if note else ""))
+    return metrics
+
+
+def _add_to_finetune_run(
+    run_id: str, metrics: dict[str, float], files: list[Path], split: str, note: str | None
+) -> None:
+    """The cell's fine-tuning run gets the test figures too: one run holds the whole cell."""
+    from mlflow.entities import Metric, RunTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        print(f"MLflow run {run_id} of the fine-tuning is gone; test figures logged here only")
+        return
+    import time
+
+    now = int(time.time() * 1000)
+    tags = [RunTag("sop.evaluated_on", split)] + (
+        [RunTag("sop.evaluation_note", note)] if note else []
+    )
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()], tags=tags)
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path="evaluation")
+
+
+def plot_confusion(
+    matrix: torch.Tensor, class_names: tuple[str, ...], path: Path, title: str
+) -> None:
+    """A row-normalised heatmap (each true class sums to 100%), counts' shares annotated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = matrix.double()
+    shares = counts / counts.sum(1, keepdim=True).clamp(min=1)
+    n = len(class_names)
+    figure, axes = plt.subplots(figsize=(1.2 * n + 2.5, 1.1 * n + 2))
+    image = axes.imshow(shares.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
+    axes.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right")
+    axes.set_yticks(range(n), labels=list(class_names))
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(title, fontsize=9)
+    for i in range(n):
+        for j in range(n):
+            value = float(shares[i, j])
+            axes.text(
+                j,
+                i,
+                f"{100 * value:.0f}%",
+                ha="center",
+                va="center",
+                color="white" if value > 0.5 else "black",
+                fontsize=8,
+            )
+    figure.colorbar(image, ax=axes, fraction=0.046, label="share of the true class")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

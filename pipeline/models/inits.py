@@ -1,0 +1,410 @@
+"""Fine-tuning initialisations: where each one's weights come from and how its inputs were scaled.
+
+Sources and normalisations are those of shared/notes/weights.md. Published files are fetched
+from a pinned URL into a cache and checked against the SHA-256 prefix in their name (torch.hub's
+convention) before they are read; timm weights come through the hub; the SOP init is this
+project's own pretrain output. Offline, every published init takes a local copy through
+``finetune.weights_file.<init>``. Every checkpoint is read as data (safetensors, or
+``torch.load(weights_only=True)``), and every load fails when a backbone weight is missing.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+import timm
+import torch
+from torch import Tensor, nn
+
+from pipeline.config import INIT_BACKBONES
+from pipeline.data.download import download, file_digest
+from pipeline.errors import ChecksumError, DownloadError, TransientDownloadError
+from pipeline.models.backbones import BACKBONES
+from pipeline.models.weights import (
+    LoadReport,
+    WeightsError,
+    _fit_vit_checkpoint,
+    load_into,
+    read_state_dict,
+)
+
+Triple = tuple[float, float, float]
+InitKind = Literal["random", "sop", "timm", "url"]
+
+IMAGENET_MEAN: Triple = (0.485, 0.456, 0.406)
+IMAGENET_STD: Triple = (0.229, 0.224, 0.225)
+# SeCo's Sentinel-2 RGB quantiles (B4, B3, B2): torchgeo's _seco_transforms.
+SECO_MIN: Triple = (3.0, 2.0, 0.0)
+SECO_MAX: Triple = (88.0, 103.0, 129.0)
+# Keys of published ViT layouts that timm's checkpoint filter drops without a word; they are put
+# back so that the load reports them as unexpected (DINOv2's release holds its iBOT mask token).
+VIT_KEYS_DROPPED_BY_FILTER = ("mask_token",)
+# torch.hub: the hex digits after the last "-" of the file name before its suffix (8 here).
+SHA256_PREFIX = re.compile(r"-([0-9a-f]{8,64})$")
+
+
+def _triple(value: float | Sequence[float]) -> Triple:
+    values = [float(value)] * 3 if isinstance(value, int | float) else [float(v) for v in value]
+    if len(values) != 3:
+        raise ValueError(f"want one value or three (RGB), got {value!r}")
+    return values[0], values[1], values[2]
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """The model input ``(x - mean) / std`` for raw 8-bit RGB ``x`` in 0..255, per channel.
+
+    Raw pixel units make every published recipe one affine map, whatever chain of scalings
+    it was written as: :meth:`then` composes them, so each init's map is derived, not typed in.
+    """
+
+    mean: Triple
+    std: Triple
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"want 3 means and 3 positive stds, got {self.mean}, {self.std}")
+
+    @classmethod
+    def raw(cls) -> Normalisation:
+        """The identity: pixel values as they are (0..255)."""
+        return cls((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+    @classmethod
+    def imagenet(cls) -> Normalisation:
+        """x/255, then ImageNet mean/std: mean = 255 m, std = 255 s."""
+        return cls.raw().then(0.0, 255.0).then(IMAGENET_MEAN, IMAGENET_STD)
+
+    def then(self, mean: float | Sequence[float], std: float | Sequence[float]) -> Normalisation:
+        """This map followed by ``(y - mean) / std`` (kornia/torchvision ``Normalize``).
+
+        With y = (x - M) / S: (y - m) / s = (x - (M + m S)) / (S s).
+        """
+        m, s = _triple(mean), _triple(std)
+        return Normalisation(
+            _triple([self.mean[c] + m[c] * self.std[c] for c in range(3)]),
+            _triple([self.std[c] * s[c] for c in range(3)]),
+        )
+
+    def apply(self, images: Tensor) -> Tensor:
+        """Normalise (..., 3, H, W) images in 0..255 on their device (integers become float32)."""
+        if images.ndim < 3 or images.shape[-3] != 3:
+            raise ValueError(f"want (..., 3, H, W) images, got shape {tuple(images.shape)}")
+        if not images.is_floating_point():
+            images = images.float()
+        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(3, 1, 1)
+        return (images - mean) / std
+
+
+IMAGENET = Normalisation.imagenet()
+# SeCo, as torchgeo's transforms write it: (x - min)/(max - min), then x*255 (Normalize with
+# mean 0, std 1/255), then ImageNet mean/std. Composed: after the first step M = min,
+# S = max - min; after the second S = (max - min)/255; after the third
+# mean = min + m (max - min)/255 and std = s (max - min)/255, so x = min maps to (0 - m)/s and
+# x = max to (255 - m)/s. Note: SeCo's own training code (seasonal-contrast,
+# datasets/seco_dataset.py) stores that 0..255 result as uint8 and ToTensor divides it by 255
+# again before the ImageNet step (mean = min + m (max - min), std = s (max - min)); torchgeo's
+# chain, which weights.md states and this follows, lacks that division.
+SECO = (
+    Normalisation.raw()
+    .then(SECO_MIN, [hi - lo for lo, hi in zip(SECO_MIN, SECO_MAX, strict=True)])
+    .then(0.0, 1.0 / 255.0)
+    .then(IMAGENET_MEAN, IMAGENET_STD)
+)
+SSL4EO = Normalisation.raw().then(0.0, 10000.0)  # reflectance units: x/10000
+SATLAS = Normalisation.raw().then(0.0, 255.0)  # x/255
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """One initialisation: its source, the backbones it exists for, its own normalisation."""
+
+    name: str
+    kind: InitKind
+    backbones: tuple[str, ...]
+    normalisation: Normalisation
+    description: str
+    timm_name: str | None = None  # kind "timm": the hub name, architecture.tag
+    url: str | None = None  # kind "url": pinned (revision in the path, sha256 prefix in the name)
+
+    def __post_init__(self) -> None:
+        if (self.kind == "timm") != (self.timm_name is not None):
+            raise ValueError(f"{self.name}: a timm name goes with kind 'timm' only")
+        if (self.kind == "url") != (self.url is not None):
+            raise ValueError(f"{self.name}: a URL goes with kind 'url' only")
+        if self.url is not None and self.sha256_prefix is None:
+            raise ValueError(f"{self.name}: {self.url} has no '-<8 hex digits>' before its suffix")
+
+    @property
+    def param(self) -> str:
+        """The parameter that points this init at a local copy of its weights."""
+        return f"finetune.weights_file.{self.name}"
+
+    @property
+    def file_name(self) -> str | None:
+        """The pinned file's name, also its name in the cache."""
+        if self.url is None:
+            return None
+        return PurePosixPath(urllib.parse.urlparse(self.url).path).name
+
+    @property
+    def sha256_prefix(self) -> str | None:
+        """The first 8 hex digits of the file's SHA-256: the name's part after its last '-'."""
+        name = self.file_name
+        if name is None:
+            return None
+        match = SHA256_PREFIX.search(PurePosixPath(name).stem)
+        return match.group(1) if match else None
+
+
+INITS: dict[str, InitSpec] = {
+    spec.name: spec
+    for spec in (
+        InitSpec(
+            "random",
+            "random",
+            INIT_BACKBONES["random"],
+            IMAGENET,
+            "random weights (timm's initialisation)",
+        ),
+        InitSpec(
+            "sop",
+            "sop",
+            INIT_BACKBONES["sop"],
+            IMAGENET,  # the pretext normalises with ImageNet statistics (train/pretrain.py)
+            "this project's subimage overlap pretraining (the pretrain stage's kept encoder)",
+        ),
+        InitSpec(
+            "imagenet",
+            "timm",
+            INIT_BACKBONES["imagenet"],
+            IMAGENET,
+            "ImageNet-1k supervised, torchvision's original weights",
+            timm_name="resnet50.tv_in1k",
+        ),
+        InitSpec(
+            "lvd142m",
+            "timm",
+            INIT_BACKBONES["lvd142m"],
+            IMAGENET,
+            "DINOv2 on LVD-142M",
+            timm_name="vit_small_patch14_dinov2.lvd142m",
+        ),
+        InitSpec(
+            "gassl",
+            "url",
+            INIT_BACKBONES["gassl"],
+            IMAGENET,
+            "GASSL (geography-aware MoCo) on fMoW RGB, torchgeo's copy",
+            url="https://hf.co/torchgeo/resnet50_fmow_rgb_gassl/resolve/"
+            "fe8a91026cf9104f1e884316b8e8772d7af9052c/resnet50_fmow_rgb_gassl-da43d987.pth",
+        ),
+        InitSpec(
+            "seco",
+            "url",
+            INIT_BACKBONES["seco"],
+            SECO,
+            "SeCo (seasonal contrast) on Sentinel-2 RGB, torchgeo's copy",
+            url="https://hf.co/torchgeo/resnet50_sentinel2_rgb_seco/resolve/"
+            "fbd07b02a8edb8fc1035f7957160deed4321c145/resnet50_sentinel2_rgb_seco-018bf397.pth",
+        ),
+        InitSpec(
+            "ssl4eo",
+            "url",
+            INIT_BACKBONES["ssl4eo"],
+            SSL4EO,
+            "SSL4EO-S12 MoCo on Sentinel-2 RGB, torchgeo's copy",
+            url="https://hf.co/torchgeo/resnet50_sentinel2_rgb_moco/resolve/"
+            "efd9723b59a88e9dc1420dc1e96afb25b0630a3c/resnet50_sentinel2_rgb_moco-2b57ba8b.pth",
+        ),
+        InitSpec(
+            "satlas",
+            "url",
+            INIT_BACKBONES["satlas"],
+            SATLAS,
+            "SatlasPretrain, Sentinel-2 single-image RGB, torchgeo's copy",
+            url="https://hf.co/torchgeo/satlas/resolve/"
+            "081d6607431bf36bdb59c223777cbb267131b8f2/sentinel2_resnet50_si_rgb-45fc6972.pth",
+        ),
+    )
+}
+assert set(INITS) == set(INIT_BACKBONES), "an init without a spec, or a spec without an init"
+assert all(set(spec.backbones) <= set(BACKBONES) for spec in INITS.values())
+
+
+class WeightsChecksumError(WeightsError, ChecksumError):
+    """A weights file is not the pinned one (a ChecksumError, so download sets it aside)."""
+
+
+def _spec(init: str) -> InitSpec:
+    try:
+        return INITS[init]
+    except KeyError:
+        raise WeightsError(f"{init}: unknown initialisation; known: {list(INITS)}") from None
+
+
+def normalisation_for(init: str, choice: str) -> Normalisation:
+    """``finetune.normalisation.<init>``: the init's own pretraining map, or ImageNet's."""
+    if choice == "own":
+        return _spec(init).normalisation
+    if choice == "imagenet":
+        _spec(init)
+        return IMAGENET
+    raise ValueError(f"normalisation for {init}: want 'own' or 'imagenet', got {choice!r}")
+
+
+def _sha256_mismatch(path: Path, expected: str, progress: bool) -> str | None:
+    """The file's SHA-256 when it does not start with ``expected``; None when it does."""
+    actual = file_digest(path, "sha256", progress)
+    return None if actual.startswith(expected) else actual
+
+
+def fetch(
+    spec: InitSpec,
+    cache_dir: Path,
+    timeout_s: float = 60.0,
+    progress: bool = True,
+    retries: int = 2,
+) -> Path:
+    """The pinned file of a URL init in ``cache_dir``, downloaded (resumably) and verified.
+
+    A cached file with the right hash is used without a request; one with the wrong hash, and
+    every download that fails the check, is set aside as ``.bad`` and never read.
+    """
+    url, expected, name = spec.url, spec.sha256_prefix, spec.file_name
+    if url is None or expected is None or name is None:
+        raise WeightsError(f"{spec.name}: not a pinned-URL initialisation")
+
+    def verifier(path: Path, what: str) -> None:
+        actual = _sha256_mismatch(path, expected, progress)
+        if actual is not None:
+            raise WeightsChecksumError(
+                f"{spec.name}: {url}: sha256 prefix {actual[: len(expected)]} is not the pinned "
+                f"{expected} ({what}); the file is set aside as {name}.bad"
+            )
+
+    for attempt in range(retries + 1):
+        try:
+            return download(
+                url,
+                cache_dir / name,
+                None,
+                timeout_s=timeout_s,
+                param_name=spec.param,
+                progress=progress,
+                verifier=verifier,
+            )
+        except WeightsChecksumError:
+            raise
+        except TransientDownloadError as exc:
+            if attempt < retries:
+                time.sleep(min(2.0**attempt, 30.0))  # the .part is kept and resumed
+                continue
+            error: DownloadError = exc
+        except DownloadError as exc:
+            error = exc
+        reason = str(error).split(";")[0].removeprefix(f"{url}: ")
+        raise WeightsError(
+            f"{spec.name}: cannot download {url} ({reason}); offline? download {url} and set "
+            f"{spec.param} to its path"
+        ) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _read_local(spec: InitSpec, path: Path) -> dict[str, Tensor]:
+    try:
+        return read_state_dict(path)
+    except WeightsError as exc:
+        raise WeightsError(f"{spec.param}: {exc}") from None
+
+
+def init_state(
+    init: str,
+    backbone: str,
+    *,
+    weights_file: Path | None,
+    sop_encoder: Path | None,
+    cache_dir: Path,
+    timeout_s: float = 60.0,
+    progress: bool = True,
+) -> tuple[dict[str, Tensor] | None, str]:
+    """The state dict ``init`` starts ``backbone`` from (None: random) and where it came from.
+
+    ``weights_file`` is ``finetune.weights_file.<init>`` (a local copy; for SOP it replaces
+    the pretrain stage's ``sop_encoder``). Nothing is loaded here: see :func:`load_init`.
+    """
+    spec = _spec(init)
+    if backbone not in spec.backbones:
+        allowed = [name for name, s in INITS.items() if backbone in s.backbones]
+        raise WeightsError(f"{init}: no such weights for {backbone}; inits for it: {allowed}")
+    if spec.kind == "random":
+        if weights_file is not None:
+            raise WeightsError(f"{spec.param}: random initialisation reads no file; remove it")
+        return None, "random initialisation"
+    if spec.kind == "sop":
+        if weights_file is not None:
+            return _read_local(spec, weights_file), f"sop: {weights_file}"
+        if sop_encoder is None or not sop_encoder.is_file():
+            raise WeightsError(
+                f"sop: no pretrained encoder for {backbone} at {sop_encoder}; run the pretrain "
+                f"stage for it (dvc repro pretrain@{backbone}) or set {spec.param}"
+            )
+        return read_state_dict(sop_encoder), f"sop: {sop_encoder}"
+    if spec.kind == "url":
+        if weights_file is None:
+            path = fetch(spec, cache_dir, timeout_s=timeout_s, progress=progress)
+            return read_state_dict(path), f"{init}: {spec.url}"
+        expected = spec.sha256_prefix
+        assert expected is not None
+        if weights_file.is_file():
+            actual = _sha256_mismatch(weights_file, expected, progress)
+            if actual is not None:
+                raise WeightsError(
+                    f"{spec.param}: {weights_file} has sha256 prefix {actual[: len(expected)]}, "
+                    f"not the pinned {expected} of {spec.url}; point it at that file"
+                )
+        return _read_local(spec, weights_file), f"{init}: {weights_file} (sha256 {expected})"
+    if weights_file is not None:
+        return _read_local(spec, weights_file), f"{init}: {weights_file}"
+    name = spec.timm_name
+    assert name is not None  # kind "timm"
+    try:
+        reference = timm.create_model(name, pretrained=True, num_classes=0)
+    except Exception as exc:  # hub errors come in many types; all mean "not here"
+        raise WeightsError(
+            f"{init}: cannot fetch timm's {name} ({type(exc).__name__}); offline? "
+            f"set {spec.param} to a local copy of its weights"
+        ) from None
+    state = {k: v.detach().clone() for k, v in reference.state_dict().items()}
+    return state, f"{init}: timm {name}"
+
+
+def load_init(
+    encoder: nn.Module, backbone: str, state: Mapping[str, Tensor], source: str
+) -> LoadReport:
+    """Load an init's state into a registry backbone (``create_backbone(backbone, img_size)``).
+
+    ViT checkpoints go through timm's filter first, which resamples the positional embedding
+    to the encoder's grid (DINOv2's 518 to the crop size) and converts DINOv2's release layout.
+    Missing backbone weights fail, naming them; classifier keys (fc., head.) are ignored;
+    every other key the encoder does not have is returned in ``LoadReport.unexpected``.
+    """
+    fitted = dict(state)
+    if BACKBONES[backbone].family == "vit":
+        dropped = {k: fitted[k] for k in VIT_KEYS_DROPPED_BY_FILTER if k in fitted}
+        fitted = _fit_vit_checkpoint(dict(fitted), encoder)  # a copy: the filter pops keys
+        fitted.update(dropped)
+    return load_into(encoder, fitted, source)
+
+
+def describe(report: LoadReport) -> str:
+    """The whole load report as one line, every unexpected key named (for logs and MLflow)."""
+    unexpected = ", ".join(report.unexpected) if report.unexpected else "none"
+    return f"{report.loaded} tensors from {report.source}; unexpected keys: {unexpected}"
