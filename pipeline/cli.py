@@ -144,14 +144,21 @@ def weights(
         weights_flow(init, params, root)
 
 
-def _cells(
-    params: Any, inits: list[str] | None, fractions: list[float] | None
-) -> list[tuple[str, float]]:
-    return [
-        (init, fraction)
-        for init in inits or params.finetune.inits
-        for fraction in fractions or params.data.label_fractions
-    ]
+def _per_cell(
+    flow_name: str,
+    inits: list[str] | None,
+    fractions: list[float] | None,
+    params_file: Path,
+    overrides: list[str] | None,
+) -> None:
+    """Run a flow for each (init, label fraction) cell, the defaults from params."""
+    params, root = _load(params_file, overrides)
+    from pipeline import flows
+
+    run = getattr(flows, flow_name)
+    for init in inits or params.finetune.inits:
+        for fraction in fractions or params.data.label_fractions:
+            run(init, fraction, params, root)
 
 
 @app.command()
@@ -163,11 +170,7 @@ def finetune(
     overrides: SetOption = None,
 ) -> None:
     """Fine-tune each grid cell (init x label fraction); best checkpoints to models/finetune/."""
-    params, root = _load(params_file, overrides)
-    from pipeline.flows import finetune_flow
-
-    for init, fraction in _cells(params, inits, fractions):
-        finetune_flow(init, fraction, params, root)
+    _per_cell("finetune_flow", inits, fractions, params_file, overrides)
 
 
 @app.command()
@@ -179,11 +182,7 @@ def evaluate(
     overrides: SetOption = None,
 ) -> None:
     """Evaluate each cell's best checkpoint on the test split (LoveDA: val)."""
-    params, root = _load(params_file, overrides)
-    from pipeline.flows import evaluate_flow
-
-    for init, fraction in _cells(params, inits, fractions):
-        evaluate_flow(init, fraction, params, root)
+    _per_cell("evaluate_flow", inits, fractions, params_file, overrides)
 
 
 @app.command()

@@ -127,3 +127,17 @@ def json_safe(value: Any) -> Any:
 def write_json(path: Path, value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(json_safe(value), indent=2))
+
+
+def run_job(job: Any, processes: int, work: Path) -> dict[str, Any]:
+    """A training job's result: in this process, or as ``processes`` DDP ranks via torchrun
+    (the main rank writes the result file, read back here)."""
+    from pipeline.train.launch import RESULT_FILE
+
+    if processes == 1:
+        result: dict[str, Any] = job.run()
+    else:
+        launch_ranks(job.write(work / "job.json"), processes)
+        result = json.loads((job.out_dir / RESULT_FILE).read_text())
+    (job.out_dir / RESULT_FILE).unlink(missing_ok=True)
+    return result

@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 from pipeline.config import Params, params_to_yaml
 from pipeline.data import store as tile_store
 from pipeline.errors import DataError, ParamsError
-from pipeline.flows.common import launch_ranks, sha256_file, tracked_run, write_json
+from pipeline.flows.common import run_job, sha256_file, tracked_run, write_json
 from pipeline.flows.data import tiles_dir
 from pipeline.flows.pretrain import model_dir as pretrain_dir
 from pipeline.models.backbones import create_backbone
@@ -46,10 +46,10 @@ from pipeline.train.finetune import (
     FinetuneJob,
     SegmentationTask,
     SegmentationTiles,
-    run_finetune,
 )
-from pipeline.train.launch import RESULT_FILE, resolve_device, resolve_processes
+from pipeline.train.launch import resolve_device, resolve_processes
 from pipeline.train.pretrain import ENCODER_FILE
+from pipeline.train.segmentation_metrics import classes_in_mean
 
 RUN_FILE = "run.json"
 NO_TEST_LABELS = (
@@ -281,13 +281,7 @@ def finetune_flow(init: str, fraction: float, params: Params, root: Path) -> dic
             tracking_uri=mlflow.get_tracking_uri(),
             run_id=run.info.run_id,
         )
-        processes = resolve_processes(params)
-        if processes == 1:
-            result = run_finetune(job)
-        else:
-            launch_ranks(job.write(checkpoints / "job.json"), processes)
-            result = json.loads((out / RESULT_FILE).read_text())
-        (out / RESULT_FILE).unlink(missing_ok=True)
+        result = run_job(job, resolve_processes(params), checkpoints)
         history = result["history"]
         best = next(row for row in history if int(row["epoch"]) == result["best_epoch"])
         metrics = {
@@ -378,9 +372,7 @@ def evaluate_flow(init: str, fraction: float, params: Params, root: Path) -> dic
     model = create_segmenter(f.backbone, len(meta.class_names), f.input_size)
     model.load_state_dict(load_file(out / BEST_WEIGHTS_FILE))
     model.to(device)
-    evaluated = meta.evaluated_classes or tuple(
-        c for c in range(len(meta.class_names)) if c != meta.ignore_index
-    )
+    evaluated = classes_in_mean(len(meta.class_names), meta.ignore_index, meta.evaluated_classes)
     task = SegmentationTask(
         model,
         meta.class_names,

@@ -28,11 +28,11 @@ from pipeline import tracking
 from pipeline.config import Params, params_to_yaml
 from pipeline.data import store
 from pipeline.errors import DataError
-from pipeline.flows.common import launch_ranks, sha256_file, tracked_run, write_json
+from pipeline.flows.common import run_job, sha256_file, tracked_run, write_json
 from pipeline.flows.data import tiles_dir
 from pipeline.models.backbones import BACKBONES
-from pipeline.train.launch import RESULT_FILE, resolve_processes
-from pipeline.train.pretrain import ENCODER_FILE, PretrainJob, run_pretrain
+from pipeline.train.launch import resolve_processes
+from pipeline.train.pretrain import ENCODER_FILE, PretrainJob
 
 PROVENANCE_FILE = "provenance.json"
 KEPT_ENCODER = {"vit": "the ViT backbone", "resnet": "encoder A (source)"}
@@ -108,13 +108,7 @@ def pretrain_flow(backbone: str, params: Params, root: Path) -> dict[str, Any]:
             tracking_uri=mlflow.get_tracking_uri(),
             run_id=run.info.run_id,
         )
-        processes = resolve_processes(params)
-        if processes == 1:
-            result = run_pretrain(job)
-        else:
-            launch_ranks(job.write(checkpoints / "job.json"), processes)
-            result = json.loads((out / RESULT_FILE).read_text())
-        (out / RESULT_FILE).unlink(missing_ok=True)
+        result = run_job(job, resolve_processes(params), checkpoints)
         final = result["history"][-1]
         # The code's commit (the package's repository), wherever the pipeline root is.
         commit, dirty = tracking.git_state(Path(__file__).resolve().parent)

@@ -40,7 +40,12 @@ from pipeline.train.launch import (
     epoch_logger,
     peak_memory_mb,
 )
-from pipeline.train.segmentation_metrics import confusion_matrix, iou_per_class, mean_iou
+from pipeline.train.segmentation_metrics import (
+    classes_in_mean,
+    confusion_matrix,
+    iou_per_class,
+    mean_iou,
+)
 
 BEST_WEIGHTS_FILE = "best.safetensors"
 IGNORE_NOTHING = -100  # F.cross_entropy's default: no label equals it
@@ -268,9 +273,7 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
     torch.manual_seed(params.seed)
     model = create_segmenter(f.backbone, len(meta.class_names), f.input_size)
     report = load_init(model.encoder, f.backbone, read_state_dict(job.init_weights), job.init)
-    evaluated = meta.evaluated_classes or tuple(
-        c for c in range(len(meta.class_names)) if c != meta.ignore_index
-    )
+    evaluated = classes_in_mean(len(meta.class_names), meta.ignore_index, meta.evaluated_classes)
     task = SegmentationTask(
         model,
         meta.class_names,

@@ -49,3 +49,12 @@ def mean_iou(matrix: Tensor, evaluated_classes: Sequence[int]) -> float:
     ious = iou_per_class(matrix)[list(evaluated_classes)]
     present = ious[~ious.isnan()]
     return float(present.mean()) if len(present) else float("nan")
+
+
+def classes_in_mean(
+    num_classes: int, ignore_index: int | None, evaluated_classes: Sequence[int] = ()
+) -> tuple[int, ...]:
+    """The classes mIoU averages: the dataset's evaluated ones, else every class but ignored."""
+    if evaluated_classes:
+        return tuple(evaluated_classes)
+    return tuple(c for c in range(num_classes) if c != ignore_index)
