@@ -258,3 +258,30 @@ def test_a_killed_finetuning_resumes_to_the_same_curves_and_best_weights(
     a, b = load_best(tmp_path / "whole"), load_best(tmp_path / "killed")
     assert a["epoch"] == whole.best_epoch
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+class SplitsOnly:
+    """A tile store's split lookup, nothing else."""
+
+    directory = Path("data/tiles/loveda")
+
+    def __init__(self, splits: dict[str, int]) -> None:
+        self.splits = splits
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.arange(self.splits.get(split, 0))
+
+
+def test_evaluation_falls_back_to_val_only_where_test_labels_are_hidden() -> None:
+    from pipeline.errors import DataError
+    from pipeline.flows.finetune import evaluation_rows
+
+    split, rows, note = evaluation_rows(SplitsOnly({"test": 3, "val": 2}), "landcoverai")  # type: ignore[arg-type]
+    assert (split, len(rows), note) == ("test", 3, None)
+    # LoveDA: its Test tiles are stored as "predict" (no masks).
+    split, rows, note = evaluation_rows(SplitsOnly({"predict": 5, "val": 2}), "loveda")  # type: ignore[arg-type]
+    assert (split, len(rows)) == ("val", 2)
+    assert note is not None
+    assert note.startswith("loveda has no labelled test tiles")
+    with pytest.raises(DataError, match="no labelled test or val tiles"):
+        evaluation_rows(SplitsOnly({"predict": 5}), "loveda")  # type: ignore[arg-type]

@@ -25,6 +25,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from prefect import flow
 from safetensors.torch import load_file
@@ -350,6 +352,19 @@ def _write_curve(path: Path, history: list[dict[str, float]]) -> None:
 # --- evaluate --------------------------------------------------------------------------------
 
 
+def evaluation_rows(
+    store: tile_store.TileStore, dataset: str
+) -> tuple[str, npt.NDArray[np.int64], str | None]:
+    """(split, rows, note): the test split, or val where test labels are hidden (LoveDA)."""
+    rows = store.rows("test")
+    if len(rows):
+        return "test", rows, None
+    rows = store.rows("val")
+    if len(rows) == 0:
+        raise DataError(f"{store.directory}: no labelled test or val tiles to evaluate on")
+    return "val", rows, NO_TEST_LABELS.format(dataset=dataset)
+
+
 @flow(name="evaluate", flow_run_name="evaluate-{init}-{fraction}", log_prints=True)
 def evaluate_flow(init: str, fraction: float, params: Params, root: Path) -> dict[str, Any]:
     """The best-validation checkpoint of a cell on the test split, whole tiles."""
@@ -362,12 +377,7 @@ def evaluate_flow(init: str, fraction: float, params: Params, root: Path) -> dic
     tiles = tiles_dir(root, f.dataset)
     store = tile_store.TileStore(tiles)
     meta = store.meta
-    split, note = "test", None
-    rows = store.rows("test")
-    if len(rows) == 0:
-        split, note, rows = "val", NO_TEST_LABELS.format(dataset=f.dataset), store.rows("val")
-    if len(rows) == 0:
-        raise DataError(f"{tiles}: no labelled test or val tiles to evaluate on")
+    split, rows, note = evaluation_rows(store, f.dataset)
     device = torch.device(resolve_device(params))
     model = create_segmenter(f.backbone, len(meta.class_names), f.input_size)
     model.load_state_dict(load_file(out / BEST_WEIGHTS_FILE))
