@@ -55,7 +55,10 @@ demo: install  ## Run the pipeline on the embedded synthetic data (CPU, minutes)
 	@echo "Test results: demo/metrics/evaluate/..., confusion matrices in demo/reports/confusion/"
 	@echo "Curves:       demo/plots/{pretrain,finetune}/...csv   (cd demo && dvc plots show)"
 	@echo "MLflow UI:    make mlflow-ui   (or: sop mlflow-ui --params demo/params.yaml)"
-	@cd demo && dvc metrics show
+	@echo; echo "Pretext (compare val_iou and val_box_iou with baseline_iou):"
+	@cd demo && dvc metrics show metrics/pretrain
+	@echo; echo "Fine-tuned, on the test split (random vs SOP init at each label fraction):"
+	@cd demo && dvc metrics show metrics/evaluate
 
 mlflow-ui: install  ## Serve the demo's MLflow runs on http://127.0.0.1:5000.
 	$(BIN)/sop mlflow-ui --params demo/params.yaml
