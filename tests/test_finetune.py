@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.data.store import TileStore
 from pipeline.models.inits import normalisation_for
-from pipeline.train.engine import best_epoch
+from pipeline.train.engine import best_epoch, seed_worker
 from pipeline.train.finetune import (
     SegmentationTask,
     SegmentationTiles,
@@ -42,7 +42,9 @@ def test_augmentation_depends_on_seed_epoch_and_index_only(small_store: Path) ->
     dataset.set_epoch(3)
     first = [dataset[i] for i in (2, 0, 1)]
     # Another order, another process (a DataLoader worker): the same pairs.
-    loader = DataLoader(dataset, batch_size=1, num_workers=2, sampler=[1, 2, 0])
+    loader = DataLoader(
+        dataset, batch_size=1, num_workers=2, sampler=[1, 2, 0], worker_init_fn=seed_worker
+    )
     by_index = dict(zip([1, 2, 0], loader, strict=True))
     for i, (image, mask) in zip((2, 0, 1), first, strict=True):
         assert torch.equal(by_index[i][0][0], image)
@@ -285,3 +287,17 @@ def test_evaluation_falls_back_to_val_only_where_test_labels_are_hidden() -> Non
     assert note.startswith("loveda has no labelled test tiles")
     with pytest.raises(DataError, match="no labelled test or val tiles"):
         evaluation_rows(SplitsOnly({"predict": 5}), "loveda")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_loader_workers_survive_a_prefect_flow_in_the_same_process(small_store: Path) -> None:
+    """Every stage trains inside a Prefect flow: its forked workers must exit cleanly."""
+    from prefect import flow
+
+    @flow
+    def nothing() -> int:
+        return 1
+
+    assert nothing() == 1
+    loader = DataLoader(tiles(small_store), batch_size=2, num_workers=2, worker_init_fn=seed_worker)
+    assert sum(len(images) for images, _ in loader) == len(loader.dataset)  # type: ignore[arg-type]

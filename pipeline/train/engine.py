@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -178,9 +179,23 @@ def step_generator(seed: int, step: int, device: torch.device, rank: int = 0) ->
 
 def seed_worker(worker_id: int) -> None:
     """DataLoader workers: numpy and random follow torch's per-worker seed (augmentations)."""
+    _forget_inherited_thread_exit_hooks()
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)  # noqa: NPY002 - the global state is what third-party code reads
     random.seed(seed)
+
+
+def _forget_inherited_thread_exit_hooks() -> None:
+    """Drop the parent's ``threading`` exit hooks in a forked worker.
+
+    Prefect's background services register one per process; after a fork, Prefect resets the
+    service but not the hook, which then fails an assertion as the worker exits, so every
+    worker of a loader created after a flow has run (every stage's) ends with exit code 1 and
+    torch aborts the epoch. A worker has nothing of the parent's to drain.
+    """
+    hooks = getattr(threading, "_threading_atexits", None)
+    if isinstance(hooks, list):
+        hooks.clear()
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
