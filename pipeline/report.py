@@ -1,0 +1,298 @@
+"""The report: every grid cell's figures in one table, the paper's claims checked against them.
+
+Inputs are the small files the finetune and evaluate stages write (DVC metrics and plots):
+``metrics/finetune/<dataset>/<backbone>/<cell>.json``, ``metrics/evaluate/...`` and the curves
+``plots/finetune/.../<cell>.csv``. Outputs: ``results/results.csv`` (one row per cell),
+``results/report.md`` (the paper-style table and a verdict per claim) and PNG plots.
+
+A claim is judged per (dataset, backbone) comparison and the verdict says how many comparisons
+support it; "not measurable" where this run has nothing to compare (no SOP cell, no other init,
+or no init reaching the convergence threshold).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.errors import DataError
+
+IDENTITY = ["dataset", "backbone", "init", "label_fraction", "seed"]
+FIGURES = ["best_val_miou", "epoch_to_threshold", "test_miou"]
+SOP = "sop"
+# mIoU differences below this are "equal" (the paper's own gap is 0.009).
+EQUAL_WITHIN = 0.005
+
+
+def parse_cell(name: str) -> tuple[str, float]:
+    """``sop-0.25`` -> (``sop``, 0.25): the inverse of the flows' cell name."""
+    init, _, fraction = name.rpartition("-")
+    try:
+        return init, float(fraction)
+    except ValueError:
+        raise DataError(f"{name!r}: not a grid cell name (<init>-<fraction>)") from None
+
+
+def collect(root: Path, seed: int) -> pd.DataFrame:
+    """One row per evaluated cell: identity, best val mIoU, epoch to threshold, test figures."""
+    rows = []
+    evaluated = root / "metrics" / "evaluate"
+    for path in sorted(evaluated.glob("*/*/*.json")):
+        dataset, backbone = path.parent.parent.name, path.parent.name
+        init, fraction = parse_cell(path.stem)
+        test = json.loads(path.read_text())
+        trained_path = root / "metrics" / "finetune" / dataset / backbone / path.name
+        if not trained_path.exists():
+            raise DataError(f"{trained_path}: missing for {path}; rerun the finetune stage")
+        trained = json.loads(trained_path.read_text())
+        row = {
+            "dataset": dataset,
+            "backbone": backbone,
+            "init": init,
+            "label_fraction": fraction,
+            "seed": seed,
+            "best_val_miou": trained["best_val_miou"],
+            "epoch_to_threshold": trained["convergence_epoch"],
+            "test_miou": test["test_miou"],
+            "evaluated_on": test.get("split", "test"),
+        }
+        row |= {k: v for k, v in test.items() if k.startswith("test_iou_")}
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{evaluated}: no evaluated cells; run the evaluate stages first")
+    table = pd.DataFrame(rows)
+    return table.sort_values(
+        ["dataset", "backbone", "init", "label_fraction"], ascending=[True, True, True, False]
+    ).reset_index(drop=True)
+
+
+def curves(root: Path, table: pd.DataFrame) -> pd.DataFrame:
+    """Per-epoch validation mIoU of every cell in ``table`` (long format)."""
+    frames = []
+    cells: list[dict[str, Any]] = table[IDENTITY[:4]].to_dict("records")  # type: ignore[assignment]
+    for cell in cells:
+        name = f"{cell['init']}-{float(cell['label_fraction'])}"
+        path = root / "plots" / "finetune" / cell["dataset"] / cell["backbone"] / f"{name}.csv"
+        curve = pd.read_csv(path, usecols=["epoch", "val_miou"])
+        frames.append(curve.assign(**cell))
+    return pd.concat(frames, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    claim: str
+    verdict: str  # "holds", "partly holds", "does not hold", "not measurable"
+    evidence: list[str]
+
+
+def _verdict(claim: str, outcomes: list[tuple[bool, str]]) -> Verdict:
+    if not outcomes:
+        return Verdict(claim, "not measurable", ["no comparison possible in this run"])
+    held = sum(ok for ok, _ in outcomes)
+    verdict = (
+        "holds"
+        if held == len(outcomes)
+        else "does not hold"
+        if held == 0
+        else f"partly holds ({held} of {len(outcomes)})"
+    )
+    return Verdict(claim, verdict, [line for _, line in outcomes])
+
+
+Cell = tuple[str, str, float]  # dataset, backbone, label fraction
+
+
+def _groups(table: pd.DataFrame) -> Iterable[tuple[Cell, dict[str, tuple[float, float]]]]:
+    """(dataset, backbone, fraction) -> {init: (test mIoU, epoch to threshold)}, mean over
+    seeds (the slowest seed's epoch; inf for never), where SOP and another init are present."""
+    grouped: dict[Cell, dict[str, list[tuple[float, float]]]] = {}
+    records: list[dict[str, Any]] = table.to_dict("records")  # type: ignore[assignment]
+    for row in records:
+        key = (str(row["dataset"]), str(row["backbone"]), float(row["label_fraction"]))
+        epoch = row["epoch_to_threshold"]
+        reached = math.inf if _missing(epoch) else float(epoch)
+        grouped.setdefault(key, {}).setdefault(str(row["init"]), []).append(
+            (float(row["test_miou"]), reached)
+        )
+    for key, inits in sorted(grouped.items()):
+        if SOP in inits and len(inits) > 1:
+            yield (
+                key,
+                {
+                    init: (sum(m for m, _ in runs) / len(runs), max(e for _, e in runs))
+                    for init, runs in inits.items()
+                },
+            )
+
+
+def check_claims(table: pd.DataFrame) -> list[Verdict]:
+    """The paper's three claims, judged on this run's cells (mean over seeds)."""
+    faster, better = [], []
+    gaps: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for (dataset, backbone, fraction), inits in _groups(table):
+        where = f"{dataset} {backbone} {fraction:g}"
+        sop_miou, sop_epoch = inits.pop(SOP)
+        rival = max(inits, key=lambda init: inits[init][0])
+        best_other = inits[rival][0]
+        better.append(
+            (
+                sop_miou >= best_other - EQUAL_WITHIN,
+                f"{where}: SOP {sop_miou:.3f} vs best other ({rival}) {best_other:.3f}",
+            )
+        )
+        gaps.setdefault((dataset, backbone), []).append((fraction, sop_miou - best_other))
+        first_other = min(epoch for _, epoch in inits.values())
+        if not (math.isinf(sop_epoch) and math.isinf(first_other)):
+            faster.append(
+                (
+                    sop_epoch <= first_other,
+                    f"{where}: SOP {_epochs(sop_epoch)} vs fastest other {_epochs(first_other)}",
+                )
+            )
+    widening = []
+    for (dataset, backbone), points in gaps.items():
+        if len(points) < 2:
+            continue
+        ordered = sorted(points, reverse=True)  # 1.0 first, then fewer labels
+        values = [gap for _, gap in ordered]
+        steps = ", ".join(f"{f:g}: {g:+.3f}" for f, g in ordered)
+        widening.append(
+            (
+                all(b >= a - 1e-9 for a, b in itertools.pairwise(values)),
+                f"{dataset} {backbone}: SOP minus best other by label fraction {steps}",
+            )
+        )
+    return [
+        _verdict("SOP converges faster (fewer epochs to the threshold)", faster),
+        _verdict("SOP reaches equal or better test mIoU", better),
+        _verdict("The gap widens as labels shrink", widening),
+    ]
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _epochs(value: float) -> str:
+    return "never" if math.isinf(value) else f"epoch {value:g}"
+
+
+def paper_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows: inits; columns: dataset x fraction; values: test mIoU (mean over seeds)."""
+    pivot = table.pivot_table(
+        index="init", columns=["dataset", "backbone", "label_fraction"], values="test_miou"
+    )
+    return pivot.sort_index(axis=1, ascending=[True, True, False])
+
+
+def render_markdown(
+    table: pd.DataFrame, verdicts: list[Verdict], threshold: float, plots: list[Path]
+) -> str:
+    pivot = paper_table(table)
+    keys: list[Any] = list(pivot.columns)
+    columns = [f"{key[0]} {key[1]} {float(key[2]):g}" for key in keys]
+    lines = [
+        "# Subimage Overlap Prediction: results of this run",
+        "",
+        f"{len(table)} grid cells. Test mIoU of the best-validation checkpoint, mean over seeds "
+        f"({sorted(set(table['seed']))}); columns: dataset, backbone, label fraction.",
+        "",
+        "| init | " + " | ".join(columns) + " |",
+        "| --- | " + " | ".join("---" for _ in columns) + " |",
+    ]
+    for init, values in pivot.iterrows():
+        cells = ["-" if math.isnan(v) else f"{v:.3f}" for v in values]
+        lines.append(f"| {init} | " + " | ".join(cells) + " |")
+    val_only = table[table["evaluated_on"] != "test"]
+    if len(val_only):
+        names = sorted(set(val_only["dataset"]))
+        lines += [
+            "",
+            f"Evaluated on the val split (test labels hidden, as for LoveDA): {names}. That "
+            "split also chose the best epoch, so those figures are optimistic.",
+        ]
+    lines += ["", f"## The paper's claims (convergence threshold {threshold:g})", ""]
+    for verdict in verdicts:
+        lines.append(f"- **{verdict.claim}: {verdict.verdict}.**")
+        lines += [f"  - {line}" for line in verdict.evidence]
+    lines += ["", "## Plots", ""]
+    lines += [f"![{path.stem}]({path.name})" for path in plots]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(curve_table: pd.DataFrame, out_dir: Path, threshold: float) -> list[Path]:
+    """Validation mIoU against epoch, a line per init, a panel per fraction; one PNG per
+    (dataset, backbone)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for (dataset, backbone), group in curve_table.groupby(["dataset", "backbone"]):
+        fractions = sorted(set(group["label_fraction"]), reverse=True)
+        figure, axes = plt.subplots(
+            1, len(fractions), figsize=(4 * len(fractions), 3.4), squeeze=False, sharey=True
+        )
+        for axis, fraction in zip(axes[0], fractions, strict=True):
+            for init, lines in group[group["label_fraction"] == fraction].groupby("init"):
+                mean = lines.groupby("epoch")["val_miou"].mean()
+                axis.plot(mean.index, mean.to_numpy(), marker=".", label=str(init))
+            axis.axhline(threshold, color="grey", linestyle=":", linewidth=1)
+            axis.set_title(f"{fraction:g} of the labels", fontsize=9)
+            axis.set_xlabel("epoch")
+        axes[0][0].set_ylabel("validation mIoU")
+        axes[0][-1].legend(fontsize=8)
+        figure.suptitle(f"{dataset} {backbone}", fontsize=10)
+        figure.tight_layout()
+        path = out_dir / f"curves_{dataset}_{backbone}.png"
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def plot_fractions(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Test mIoU against label fraction, a line per init; one PNG per (dataset, backbone)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for (dataset, backbone), group in table.groupby(["dataset", "backbone"]):
+        figure, axis = plt.subplots(figsize=(4.5, 3.4))
+        for init, lines in group.groupby("init"):
+            mean = lines.groupby("label_fraction")["test_miou"].mean().sort_index()
+            axis.plot(mean.index, mean.to_numpy(), marker="o", label=str(init))
+        axis.set_xlabel("label fraction")
+        axis.set_ylabel("test mIoU")
+        axis.set_xticks(sorted(set(group["label_fraction"])))
+        axis.set_title(f"{dataset} {backbone}", fontsize=10)
+        axis.legend(fontsize=8)
+        figure.tight_layout()
+        path = out_dir / f"fractions_{dataset}_{backbone}.png"
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def write_report(root: Path, out_dir: Path, seed: int, threshold: float) -> dict[str, Path]:
+    """results.csv, report.md and the plots under ``out_dir``; returns their paths."""
+    table = collect(root, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = out_dir / "results.csv"
+    ordered = IDENTITY + FIGURES + [c for c in table.columns if c not in IDENTITY + FIGURES]
+    table[ordered].to_csv(results, index=False)
+    plots = plot_curves(curves(root, table), out_dir, threshold) + plot_fractions(table, out_dir)
+    report = out_dir / "report.md"
+    report.write_text(render_markdown(table, check_claims(table), threshold, plots))
+    return {"results": results, "report": report, **{p.stem: p for p in plots}}
