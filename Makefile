@@ -53,6 +53,7 @@ demo: install  ## Run the pipeline on the embedded synthetic data (CPU, minutes)
 	@echo "Encoders:     demo/models/pretrain/<backbone>/encoder.safetensors (+ provenance.json)"
 	@echo "Fine-tuned:   demo/models/finetune/landcoverai/resnet_demo/<init>-<fraction>/best.safetensors"
 	@echo "Test results: demo/metrics/evaluate/..., confusion matrices in demo/reports/confusion/"
+	@echo "Report:       demo/results/report.md (table, claims, plots), demo/results/results.csv"
 	@echo "Curves:       demo/plots/{pretrain,finetune}/...csv   (cd demo && dvc plots show)"
 	@echo "MLflow UI:    make mlflow-ui   (or: sop mlflow-ui --params demo/params.yaml)"
 	@echo; echo "Pretext (compare val_iou and val_box_iou with baseline_iou):"

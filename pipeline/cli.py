@@ -187,6 +187,19 @@ def evaluate(
 
 @app.command()
 @one_line_errors
+def report(
+    params_file: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+) -> None:
+    """Collect every evaluated cell into results/: results.csv, report.md and plots."""
+    params, root = _load(params_file, overrides)
+    from pipeline.flows import report_flow
+
+    report_flow(params, root)
+
+
+@app.command()
+@one_line_errors
 def params(
     params_file: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,

@@ -197,7 +197,7 @@ def render_markdown(
 ) -> str:
     pivot = paper_table(table)
     keys: list[Any] = list(pivot.columns)
-    columns = [f"{key[0]} {key[1]} {float(key[2]):g}" for key in keys]
+    columns = [f"{key[0]} {key[1]} {float(key[2]):.0%}" for key in keys]
     lines = [
         "# Subimage Overlap Prediction: results of this run",
         "",
@@ -246,7 +246,7 @@ def plot_curves(curve_table: pd.DataFrame, out_dir: Path, threshold: float) -> l
                 mean = lines.groupby("epoch")["val_miou"].mean()
                 axis.plot(mean.index, mean.to_numpy(), marker=".", label=str(init))
             axis.axhline(threshold, color="grey", linestyle=":", linewidth=1)
-            axis.set_title(f"{fraction:g} of the labels", fontsize=9)
+            axis.set_title(f"{fraction:.0%} of the labels", fontsize=9)
             axis.set_xlabel("epoch")
         axes[0][0].set_ylabel("validation mIoU")
         axes[0][-1].legend(fontsize=8)

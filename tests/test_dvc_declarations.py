@@ -11,6 +11,7 @@ import yaml
 from pipeline.config import Params, load_params
 from pipeline.flows.finetune import evaluate_section, finetune_section, weights_section
 from pipeline.flows.pretrain import section_for
+from pipeline.flows.report import report_section
 from pipeline.tracking import flatten
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,13 +54,14 @@ def test_downstream_stages_declare_the_params_they_read(root: Path) -> None:
         "weights": _in_dvc_terms(weights_section(params, init), {"finetune.init"}),
         "finetune": _in_dvc_terms(finetune_section(params, init, fraction), cell),
         "evaluate": _in_dvc_terms(evaluate_section(params, init, fraction), cell),
+        "report": _in_dvc_terms(report_section(params), set()),
     }
     for name, read in expected.items():
         assert set(_stage(root, name)["params"]) == read, name
 
 
 @pytest.mark.parametrize("root", [REPO, REPO / "demo"], ids=["paper", "demo"])
-@pytest.mark.parametrize("name", ["pretrain", "weights", "finetune", "evaluate"])
+@pytest.mark.parametrize("name", ["pretrain", "weights", "finetune", "evaluate", "report"])
 def test_every_declared_param_is_in_the_params_file(root: Path, name: str) -> None:
     tree = yaml.safe_load((root / "params.yaml").read_text())
     stage = _stage(root, name)

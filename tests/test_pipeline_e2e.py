@@ -177,6 +177,12 @@ def _check_downstream(demo: Path, params: dict[str, Any]) -> None:
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "evaluation")]
         assert f"evaluation/{cell}.png" in artifacts
         tiles.append(record["metrics"]["train_tiles"])
+    results = (demo / "results" / "results.csv").read_text().splitlines()
+    assert len(results) == 1 + len(cells)
+    assert results[0].startswith("dataset,backbone,init,label_fraction,seed,best_val_miou")
+    report = (demo / "results" / "report.md").read_text()
+    assert "SOP reaches equal or better test mIoU" in report
+    assert (demo / "results" / f"curves_landcoverai_{where.name}.png").exists()
     # Fewer labels, fewer tiles; the same subsets for every init.
     assert tiles[:3] == tiles[3:]
     assert tiles[0] > tiles[2]

@@ -10,6 +10,7 @@ from pipeline.flows.common import quiet_user_error_tracebacks
 from pipeline.flows.data import download_flow, synth_flow, tile_flow
 from pipeline.flows.finetune import evaluate_flow, finetune_flow, weights_flow
 from pipeline.flows.pretrain import pretrain_flow
+from pipeline.flows.report import report_flow
 
 quiet_user_error_tracebacks()
 
@@ -18,6 +19,7 @@ __all__ = [
     "evaluate_flow",
     "finetune_flow",
     "pretrain_flow",
+    "report_flow",
     "synth_flow",
     "tile_flow",
     "weights_flow",
