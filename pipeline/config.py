@@ -444,6 +444,10 @@ class FinetuneParams(_Section):
             _check_multiple(value, backbone, pretext=False)
         return value
 
+    def normalisation_of(self, init: str) -> str:
+        """``own`` or ``imagenet`` (the decided default) for ``init``."""
+        return self.normalisation.get(init, "imagenet")
+
     @model_validator(mode="after")
     def _inits_exist_for_the_backbone(self) -> FinetuneParams:
         for field, names in (

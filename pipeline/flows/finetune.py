@@ -38,7 +38,7 @@ from pipeline.flows.common import run_job, sha256_file, tracked_run, write_json
 from pipeline.flows.data import tiles_dir
 from pipeline.flows.pretrain import model_dir as pretrain_dir
 from pipeline.models.backbones import create_backbone
-from pipeline.models.inits import INITS, init_state, load_init, normalisation_for
+from pipeline.models.inits import INITS, init_state, load_init
 from pipeline.models.segmenters import create_segmenter
 from pipeline.models.weights import save_encoder
 from pipeline.train import distributed
@@ -51,7 +51,6 @@ from pipeline.train.finetune import (
 )
 from pipeline.train.launch import resolve_device, resolve_processes
 from pipeline.train.pretrain import ENCODER_FILE
-from pipeline.train.segmentation_metrics import classes_in_mean
 
 RUN_FILE = "run.json"
 NO_TEST_LABELS = (
@@ -129,17 +128,13 @@ FINETUNE_KEYS = (
 EVALUATE_KEYS = ("dataset", "backbone", "input_size", "window_overlap")
 
 
-def _normalisation_choice(params: Params, init: str) -> str:
-    return params.finetune.normalisation.get(init, "imagenet")
-
-
 def finetune_section(params: Params, init: str, fraction: float) -> dict[str, Any]:
     f = params.finetune.model_dump(mode="json")
     section = {k: f[k] for k in FINETUNE_KEYS}
     section |= {
         "init": init,
         "fraction": fraction,
-        "normalisation": _normalisation_choice(params, init),
+        "normalisation": params.finetune.normalisation_of(init),
     }
     return {"seed": params.seed, "finetune": section, "compute": params.compute.model_dump()}
 
@@ -150,7 +145,7 @@ def evaluate_section(params: Params, init: str, fraction: float) -> dict[str, An
     section |= {
         "init": init,
         "fraction": fraction,
-        "normalisation": _normalisation_choice(params, init),
+        "normalisation": params.finetune.normalisation_of(init),
     }
     return {"finetune": section, "compute.device": params.compute.device}
 
@@ -382,16 +377,7 @@ def evaluate_flow(init: str, fraction: float, params: Params, root: Path) -> dic
     model = create_segmenter(f.backbone, len(meta.class_names), f.input_size)
     model.load_state_dict(load_file(out / BEST_WEIGHTS_FILE))
     model.to(device)
-    evaluated = classes_in_mean(len(meta.class_names), meta.ignore_index, meta.evaluated_classes)
-    task = SegmentationTask(
-        model,
-        meta.class_names,
-        meta.ignore_index,
-        evaluated,
-        normalisation_for(init, _normalisation_choice(params, init)),
-        f.input_size,
-        f.window_overlap,
-    )
+    task = SegmentationTask.for_store(model, meta, init, f)
     cell = cell_name(init, fraction)
     with tracked_run(
         "evaluate",
@@ -421,7 +407,7 @@ def evaluate_flow(init: str, fraction: float, params: Params, root: Path) -> dic
         confusion = {
             "split": split,
             "classes": list(meta.class_names),
-            "evaluated_classes": list(evaluated),
+            "evaluated_classes": list(task.evaluated_classes),
             "ignore_index": meta.ignore_index,
             "rows": "true class",
             "columns": "predicted class",

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.config import load_params
-from pipeline.data.store import TileStore
+from pipeline.config import FinetuneParams, load_params
+from pipeline.data.store import StoreMeta, TileStore
 from pipeline.errors import DataError, ParamsError
 from pipeline.models.inits import Normalisation, load_init, normalisation_for
 from pipeline.models.segmenters import create_segmenter
@@ -153,6 +153,22 @@ class SegmentationTask:
         self.normalisation = normalisation
         self.window, self.window_overlap = window, window_overlap
 
+    @classmethod
+    def for_store(
+        cls, model: nn.Module, meta: StoreMeta, init: str, params: FinetuneParams
+    ) -> SegmentationTask:
+        """The task for a tile store's classes, ``init``'s normalisation and the params'
+        window."""
+        return cls(
+            model,
+            meta.class_names,
+            meta.ignore_index,
+            classes_in_mean(len(meta.class_names), meta.ignore_index, meta.evaluated_classes),
+            normalisation_for(init, params.normalisation_of(init)),
+            params.input_size,
+            params.window_overlap,
+        )
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
@@ -273,16 +289,7 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
     torch.manual_seed(params.seed)
     model = create_segmenter(f.backbone, len(meta.class_names), f.input_size)
     report = load_init(model.encoder, f.backbone, read_state_dict(job.init_weights), job.init)
-    evaluated = classes_in_mean(len(meta.class_names), meta.ignore_index, meta.evaluated_classes)
-    task = SegmentationTask(
-        model,
-        meta.class_names,
-        meta.ignore_index,
-        evaluated,
-        normalisation_for(job.init, f.normalisation.get(job.init, "imagenet")),
-        f.input_size,
-        f.window_overlap,
-    )
+    task = SegmentationTask.for_store(model, meta, job.init, f)
     settings = engine_settings(params, job.checkpoint_dir, f, best_metric="val_miou")
     augment = training_augmentation(f.input_size, f.flips, f.rot90)
     result = fit(
