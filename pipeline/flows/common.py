@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
+import csv
 import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -105,14 +106,6 @@ def launch_ranks(job_file: Path, processes: int) -> None:
         )
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def json_safe(value: Any) -> Any:
     """NaN (a class absent from a set) as null: DVC and browsers reject NaN in JSON."""
     if isinstance(value, float) and math.isnan(value):
@@ -141,3 +134,23 @@ def run_job(job: Any, processes: int, work: Path) -> dict[str, Any]:
         result = json.loads((job.out_dir / RESULT_FILE).read_text())
     (job.out_dir / RESULT_FILE).unlink(missing_ok=True)
     return result
+
+
+def write_curve(path: Path, history: list[dict[str, float]]) -> None:
+    """Per-epoch metrics as a CSV (a DVC plot): a column per metric, in the history's order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({**row, "epoch": int(row["epoch"])})
+
+
+def drop_other_fingerprints(keep: Path) -> None:
+    """Delete the sibling checkpoint folders ``<stem>-<other fingerprint>`` of ``keep``:
+    a changed stage never resumes them again."""
+    stem = keep.name.rsplit("-", 1)[0]
+    for folder in keep.parent.glob(f"{stem}-*"):
+        if folder != keep and folder.is_dir() and folder.name.rsplit("-", 1)[0] == stem:
+            shutil.rmtree(folder, ignore_errors=True)

@@ -18,10 +18,8 @@ cell's fine-tuning run, so one run holds the cell's curves, best checkpoint and 
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +31,15 @@ from safetensors.torch import load_file
 
 from pipeline.config import Params, params_to_yaml
 from pipeline.data import store as tile_store
+from pipeline.data.download import file_digest
 from pipeline.errors import DataError, ParamsError
-from pipeline.flows.common import run_job, sha256_file, tracked_run, write_json
+from pipeline.flows.common import (
+    drop_other_fingerprints,
+    run_job,
+    tracked_run,
+    write_curve,
+    write_json,
+)
 from pipeline.flows.data import tiles_dir
 from pipeline.flows.pretrain import model_dir as pretrain_dir
 from pipeline.models.backbones import create_backbone
@@ -202,7 +207,7 @@ def weights_flow(init: str, params: Params, root: Path) -> dict[str, Any]:
             "backbone": backbone,
             "source": source,
             "description": INITS[init].description,
-            "sha256": sha256_file(out),
+            "sha256": file_digest(out, "sha256"),
             "loaded_tensors": None if report is None else report.loaded,
             "missing_keys": [] if report is None else list(report.missing),
             "unexpected_keys": [] if report is None else list(report.unexpected),
@@ -256,7 +261,8 @@ def finetune_flow(init: str, fraction: float, params: Params, root: Path) -> dic
         raise DataError(f"{weights}: no starting weights; run `dvc repro weights@{init}` first")
     index_sha256 = tile_store.index_hash(tiles)
     cell = cell_name(init, fraction)
-    key = finetune_fingerprint(params, init, fraction, index_sha256, sha256_file(weights))
+    weights_sha256 = file_digest(weights, "sha256")
+    key = finetune_fingerprint(params, init, fraction, index_sha256, weights_sha256)
     stem = f"finetune-{f.dataset}-{f.backbone}-{cell}"
     checkpoints = root / ".sop" / "checkpoints" / f"{stem}-{key}"
     checkpoints.mkdir(parents=True, exist_ok=True)
@@ -302,8 +308,8 @@ def finetune_flow(init: str, fraction: float, params: Params, root: Path) -> dic
             "init": init,
             "fraction": float(fraction),
             "weights": BEST_WEIGHTS_FILE,
-            "weights_sha256": sha256_file(out / BEST_WEIGHTS_FILE),
-            "init_weights_sha256": sha256_file(weights),
+            "weights_sha256": file_digest(out / BEST_WEIGHTS_FILE, "sha256"),
+            "init_weights_sha256": weights_sha256,
             "tile_index_sha256": index_sha256,
             "mlflow_run_id": run.info.run_id,
             "resumed_from_step": result["resumed_from"],
@@ -313,15 +319,13 @@ def finetune_flow(init: str, fraction: float, params: Params, root: Path) -> dic
         write_json(out / RUN_FILE, run_record)
         write_json(finetune_metrics_path(root, params, init, fraction), metrics)
         curve = finetune_curve_path(root, params, init, fraction)
-        _write_curve(curve, history)
+        write_curve(curve, history)
         mlflow.log_metrics(
             {f"final.{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         )
         mlflow.log_artifact(str(out / RUN_FILE))
         mlflow.log_artifact(str(curve))
-    for folder in checkpoints.parent.glob(f"{stem}-*"):
-        if folder != checkpoints and folder.is_dir():
-            shutil.rmtree(folder, ignore_errors=True)  # other fingerprints never resume again
+    drop_other_fingerprints(checkpoints)
     converged = metrics["convergence_epoch"]
     print(
         f"{cell}: best val mIoU {metrics['best_val_miou']:.3f} at epoch {metrics['best_epoch']}; "
@@ -332,16 +336,6 @@ def finetune_flow(init: str, fraction: float, params: Params, root: Path) -> dic
         )
     )
     return metrics
-
-
-def _write_curve(path: Path, history: list[dict[str, float]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = list(dict.fromkeys(k for row in history for k in row))
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        for row in history:
-            writer.writerow({**row, "epoch": int(row["epoch"])})
 
 
 # --- evaluate --------------------------------------------------------------------------------

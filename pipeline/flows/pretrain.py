@@ -15,10 +15,8 @@ where it stopped and a changed one starts afresh instead of resuming someone els
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +25,15 @@ from prefect import flow
 from pipeline import tracking
 from pipeline.config import Params, params_to_yaml
 from pipeline.data import store
+from pipeline.data.download import file_digest
 from pipeline.errors import DataError
-from pipeline.flows.common import run_job, sha256_file, tracked_run, write_json
+from pipeline.flows.common import (
+    drop_other_fingerprints,
+    run_job,
+    tracked_run,
+    write_curve,
+    write_json,
+)
 from pipeline.flows.data import tiles_dir
 from pipeline.models.backbones import BACKBONES
 from pipeline.train.launch import resolve_processes
@@ -36,7 +41,6 @@ from pipeline.train.pretrain import ENCODER_FILE, PretrainJob
 
 PROVENANCE_FILE = "provenance.json"
 KEPT_ENCODER = {"vit": "the ViT backbone", "resnet": "encoder A (source)"}
-CURVE_COLUMNS = ("epoch", "train_loss", "val_iou", "val_box_iou", "baseline_iou")
 
 
 def model_dir(root: Path, backbone: str) -> Path:
@@ -115,7 +119,7 @@ def pretrain_flow(backbone: str, params: Params, root: Path) -> dict[str, Any]:
         provenance = {
             "backbone": backbone,
             "encoder": ENCODER_FILE,
-            "encoder_sha256": sha256_file(out / ENCODER_FILE),
+            "encoder_sha256": file_digest(out / ENCODER_FILE, "sha256"),
             "kept": KEPT_ENCODER[BACKBONES[backbone].family],
             "params": section_for(params, backbone),
             "dataset": dataset,
@@ -136,29 +140,13 @@ def pretrain_flow(backbone: str, params: Params, root: Path) -> dict[str, Any]:
             "processes": result["processes"],
         }
         write_json(metrics_path(root, backbone), metrics)
-        _write_curve(curve_path(root, backbone), result["history"])
+        write_curve(curve_path(root, backbone), result["history"])
         mlflow.log_metrics({f"final.{k}": float(v) for k, v in metrics.items()})
         mlflow.log_artifact(str(out / PROVENANCE_FILE))
         mlflow.log_artifact(str(curve_path(root, backbone)))
-    _drop_stale_checkpoints(root, backbone, keep=checkpoints)
+    drop_other_fingerprints(checkpoints)
     print(
         f"{backbone}: val IoU {final['val_iou']:.3f}, box IoU {final['val_box_iou']:.3f}, "
         f"centred-box baseline {final['baseline_iou']:.3f} -> {out / ENCODER_FILE}"
     )
     return metrics
-
-
-def _write_curve(path: Path, history: list[dict[str, float]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CURVE_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in history:
-            writer.writerow({**row, "epoch": int(row["epoch"])})
-
-
-def _drop_stale_checkpoints(root: Path, backbone: str, keep: Path) -> None:
-    """Other fingerprints' checkpoints of this backbone can never be resumed again."""
-    for folder in checkpoint_root(root).glob(f"pretrain-{backbone}-*"):
-        if folder != keep and folder.is_dir():
-            shutil.rmtree(folder, ignore_errors=True)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-import timm
 import torch
 from torch import Tensor, nn
 
@@ -29,8 +28,9 @@ from pipeline.models.backbones import BACKBONES
 from pipeline.models.weights import (
     LoadReport,
     WeightsError,
-    _fit_vit_checkpoint,
+    fit_to_encoder,
     load_into,
+    published_state,
     read_state_dict,
 )
 
@@ -42,9 +42,6 @@ IMAGENET_STD: Triple = (0.229, 0.224, 0.225)
 # SeCo's Sentinel-2 RGB quantiles (B4, B3, B2): torchgeo's _seco_transforms.
 SECO_MIN: Triple = (3.0, 2.0, 0.0)
 SECO_MAX: Triple = (88.0, 103.0, 129.0)
-# Keys of published ViT layouts that timm's checkpoint filter drops without a word; they are put
-# back so that the load reports them as unexpected (DINOv2's release holds its iBOT mask token).
-VIT_KEYS_DROPPED_BY_FILTER = ("mask_token",)
 # torch.hub: the hex digits after the last "-" of the file name before its suffix (8 here).
 SHA256_PREFIX = re.compile(r"-([0-9a-f]{8,64})$")
 
@@ -375,15 +372,8 @@ def init_state(
         return _read_local(spec, weights_file), f"{init}: {weights_file}"
     name = spec.timm_name
     assert name is not None  # kind "timm"
-    try:
-        reference = timm.create_model(name, pretrained=True, num_classes=0)
-    except Exception as exc:  # hub errors come in many types; all mean "not here"
-        raise WeightsError(
-            f"{init}: cannot fetch timm's {name} ({type(exc).__name__}); offline? "
-            f"set {spec.param} to a local copy of its weights"
-        ) from None
-    state = {k: v.detach().clone() for k, v in reference.state_dict().items()}
-    return state, f"{init}: timm {name}"
+    advice = f"set {spec.param} to a local copy of its weights"
+    return published_state(name, advice), f"{init}: timm {name}"
 
 
 def load_init(
@@ -396,12 +386,7 @@ def load_init(
     Missing backbone weights fail, naming them; classifier keys (fc., head.) are ignored;
     every other key the encoder does not have is returned in ``LoadReport.unexpected``.
     """
-    fitted = dict(state)
-    if BACKBONES[backbone].family == "vit":
-        dropped = {k: fitted[k] for k in VIT_KEYS_DROPPED_BY_FILTER if k in fitted}
-        fitted = _fit_vit_checkpoint(dict(fitted), encoder)  # a copy: the filter pops keys
-        fitted.update(dropped)
-    return load_into(encoder, fitted, source)
+    return load_into(encoder, fit_to_encoder(state, encoder, BACKBONES[backbone].family), source)
 
 
 def describe(report: LoadReport) -> str:

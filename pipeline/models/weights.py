@@ -86,12 +86,41 @@ def load_into(
     )
 
 
-def _fit_vit_checkpoint(state: dict[str, Tensor], model: Any) -> dict[str, Tensor]:
-    """Resample a ViT checkpoint's positional embedding to the model's grid (518 -> 224)."""
+# Keys of published ViT layouts that timm's checkpoint filter drops without a word; they are put
+# back so that the load reports them as unexpected (DINOv2's release holds its iBOT mask token).
+VIT_KEYS_DROPPED_BY_FILTER = ("mask_token",)
+
+
+def fit_to_encoder(
+    state: Mapping[str, Tensor], encoder: nn.Module, family: str
+) -> dict[str, Tensor]:
+    """A published state dict in the registry encoder's layout.
+
+    ViTs go through timm's filter, which resamples the positional embedding to the encoder's
+    grid (DINOv2's 518 to the crop size) and converts DINOv2's release layout; the keys it
+    drops silently come back, to be reported as unexpected. Other families load as they are.
+    """
+    fitted = dict(state)  # a copy: timm's filter pops keys from what it is given
+    if family != "vit":
+        return fitted
     from timm.models.vision_transformer import checkpoint_filter_fn
 
-    fitted: dict[str, Tensor] = checkpoint_filter_fn(state, model)
-    return fitted
+    dropped = {k: fitted[k] for k in VIT_KEYS_DROPPED_BY_FILTER if k in fitted}
+    resampled: dict[str, Tensor] = checkpoint_filter_fn(fitted, encoder)  # type: ignore[arg-type]
+    return {**resampled, **dropped}
+
+
+def published_state(timm_name: str, advice: str) -> dict[str, Tensor]:
+    """The weights timm publishes as ``timm_name`` (through its hub); offline, an error ending
+    in ``advice``: which parameter takes a local copy."""
+    try:
+        reference = timm.create_model(timm_name, pretrained=True, num_classes=0)
+    except Exception as exc:  # hub errors come in many types; all mean "not here"
+        raise WeightsError(
+            f"{timm_name}: cannot fetch the published weights ({type(exc).__name__}); "
+            f"offline? {advice}"
+        ) from None
+    return {k: v.detach().clone() for k, v in reference.state_dict().items()}
 
 
 def load_starting_weights(
@@ -104,9 +133,7 @@ def load_starting_weights(
     """Put the starting weights into ``encoder`` (a registry backbone); None for random init."""
     spec = BACKBONES[backbone]
     if weights_file is not None:
-        state = read_state_dict(weights_file)
-        if spec.family == "vit":
-            state = _fit_vit_checkpoint(state, encoder)
+        state = fit_to_encoder(read_state_dict(weights_file), encoder, spec.family)
         return load_into(encoder, state, str(weights_file))
     if init == "none":
         return None
@@ -117,17 +144,8 @@ def load_starting_weights(
             f"(or {param}.weights_file.{backbone})"
         )
     name = f"{spec.timm_name}.{tag}"
-    try:
-        reference = timm.create_model(name, pretrained=True, num_classes=0)
-    except Exception as exc:  # hub errors come in many types; all mean "not here"
-        raise WeightsError(
-            f"{name}: cannot fetch the published weights ({type(exc).__name__}); offline? "
-            f"Set {param}.weights_file.{backbone} to a local copy"
-        ) from None
-    state = reference.state_dict()
-    if spec.family == "vit":
-        state = _fit_vit_checkpoint(state, encoder)
-    return load_into(encoder, state, name)
+    state = published_state(name, f"Set {param}.weights_file.{backbone} to a local copy")
+    return load_into(encoder, fit_to_encoder(state, encoder, spec.family), name)
 
 
 def save_encoder(encoder: nn.Module, path: Path, metadata: Mapping[str, str] | None = None) -> None:
