@@ -47,15 +47,16 @@ test-fast: install  ## The unit tests only.
 	$(BIN)/pytest -m "not slow and not gpu"
 
 demo: install  ## Run the pipeline on the embedded synthetic data (CPU, minutes); outputs in demo/.
-	cd demo && dvc repro
+	$(BIN)/sop repro --params demo/params.yaml
 	@echo
 	@echo "Tile store:   demo/data/tiles/landcoverai/ (index.parquet), summary in demo/data/tiles/landcoverai.summary.json"
 	@echo "Encoders:     demo/models/pretrain/<backbone>/encoder.safetensors (+ provenance.json)"
-	@echo "Fine-tuned:   demo/models/finetune/landcoverai/resnet_demo/<init>-<fraction>/best.safetensors"
+	@echo "Fine-tuned:   demo/models/finetune/landcoverai/<model>-<fraction>-s<seed>/best.safetensors"
 	@echo "Test results: demo/metrics/evaluate/..., confusion matrices in demo/reports/confusion/"
 	@echo "Report:       demo/results/report.md (table, claims, plots), demo/results/results.csv"
 	@echo "Curves:       demo/plots/{pretrain,finetune}/...csv   (cd demo && dvc plots show)"
-	@echo "MLflow UI:    make mlflow-ui   (or: sop mlflow-ui --params demo/params.yaml)"
+	@echo "MLflow UI:    make mlflow-ui   (or: sop mlflow-ui --params demo/params.yaml); the run"
+	@echo "              'repro-<time>' in experiment sop-demo holds every stage's run and the report"
 	@echo; echo "Pretext (compare val_iou and val_box_iou with baseline_iou):"
 	@cd demo && dvc metrics show metrics/pretrain
 	@echo; echo "Fine-tuned, on the test split (random vs SOP init at each label fraction):"

@@ -106,20 +106,37 @@ def pretrain(
         list[str] | None,
         typer.Argument(help="Backbones to pretrain (default: pretrain.backbones)."),
     ] = None,
+    subimage_sizes: Annotated[
+        list[int] | None,
+        typer.Option("--subimage", help="A subimage size (default: pretrain.subimage_sizes)."),
+    ] = None,
+    color_jitters: Annotated[
+        list[float] | None,
+        typer.Option("--jitter", help="A colour jitter (default: pretrain.color_jitters)."),
+    ] = None,
     params_file: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
 ) -> None:
-    """Pretrain each backbone on the overlap task; export its encoder to models/pretrain/."""
+    """Pretrain each backbone x pretext variant; export its encoder to models/pretrain/."""
     params, root = _load(params_file, overrides)
     from pipeline.flows import pretrain_flow
 
-    for backbone in backbones or params.pretrain.backbones:
-        pretrain_flow(backbone, params, root)
+    p = params.pretrain
+    for backbone in backbones or p.backbones:
+        for subimage in subimage_sizes or p.subimage_sizes:
+            for jitter in color_jitters or p.color_jitters:
+                pretrain_flow(backbone, subimage, jitter, params, root)
 
 
-InitsOption = Annotated[
+ModelsOption = Annotated[
     list[str] | None,
-    typer.Option("--init", "-i", help="An init of the grid (default: every finetune.inits)."),
+    typer.Option(
+        "--model", "-m", help="A <backbone>-<init> of the grid (default: finetune.models)."
+    ),
+]
+DatasetsOption = Annotated[
+    list[str] | None,
+    typer.Option("--dataset", "-d", help="A dataset of the grid (default: finetune.datasets)."),
 ]
 FractionsOption = Annotated[
     list[float] | None,
@@ -127,62 +144,77 @@ FractionsOption = Annotated[
         "--fraction", "-f", help="A label fraction (default: every data.label_fractions)."
     ),
 ]
+SeedsOption = Annotated[
+    list[int] | None,
+    typer.Option("--seed", "-s", help="A seed of the grid (default: finetune.seeds)."),
+]
 
 
 @app.command()
 @one_line_errors
 def weights(
-    inits: InitsOption = None,
+    models: ModelsOption = None,
     params_file: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
 ) -> None:
-    """Fetch, verify and load each init's encoder for finetune.backbone into models/init/."""
+    """Fetch, verify and load each model's starting encoder into models/init/<model>."""
     params, root = _load(params_file, overrides)
     from pipeline.flows import weights_flow
 
-    for init in inits or params.finetune.inits:
-        weights_flow(init, params, root)
+    for model in models or params.finetune.models:
+        weights_flow(model, params, root)
 
 
 def _per_cell(
     flow_name: str,
-    inits: list[str] | None,
+    datasets: list[str] | None,
+    models: list[str] | None,
     fractions: list[float] | None,
+    seeds: list[int] | None,
     params_file: Path,
     overrides: list[str] | None,
 ) -> None:
-    """Run a flow for each (init, label fraction) cell, the defaults from params."""
+    """Run a flow for each grid cell (dataset, model, label fraction, seed), the defaults from
+    params."""
     params, root = _load(params_file, overrides)
     from pipeline import flows
+    from pipeline.flows.finetune import Cell
 
     run = getattr(flows, flow_name)
-    for init in inits or params.finetune.inits:
-        for fraction in fractions or params.data.label_fractions:
-            run(init, fraction, params, root)
+    f = params.finetune
+    for dataset in datasets or f.datasets:
+        for model in models or f.models:
+            for fraction in fractions or params.data.label_fractions:
+                for seed in seeds or f.seeds:
+                    run(Cell(dataset, model, fraction, seed), params, root)
 
 
 @app.command()
 @one_line_errors
 def finetune(
-    inits: InitsOption = None,
+    datasets: DatasetsOption = None,
+    models: ModelsOption = None,
     fractions: FractionsOption = None,
+    seeds: SeedsOption = None,
     params_file: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
 ) -> None:
-    """Fine-tune each grid cell (init x label fraction); best checkpoints to models/finetune/."""
-    _per_cell("finetune_flow", inits, fractions, params_file, overrides)
+    """Fine-tune each grid cell; best checkpoints to models/finetune/<dataset>/<cell>/."""
+    _per_cell("finetune_flow", datasets, models, fractions, seeds, params_file, overrides)
 
 
 @app.command()
 @one_line_errors
 def evaluate(
-    inits: InitsOption = None,
+    datasets: DatasetsOption = None,
+    models: ModelsOption = None,
     fractions: FractionsOption = None,
+    seeds: SeedsOption = None,
     params_file: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
 ) -> None:
     """Evaluate each cell's best checkpoint on the test split (LoveDA: val)."""
-    _per_cell("evaluate_flow", inits, fractions, params_file, overrides)
+    _per_cell("evaluate_flow", datasets, models, fractions, seeds, params_file, overrides)
 
 
 @app.command()
@@ -223,6 +255,42 @@ def synth(
     from pipeline.flows import synth_flow
 
     synth_flow(out, params, root)
+
+
+@app.command()
+@one_line_errors
+def repro(
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(help="DVC stages to reproduce, e.g. download@landcoverai (default: all)."),
+    ] = None,
+    params_file: ParamsOption = Path("params.yaml"),
+    push: Annotated[
+        bool | None,
+        typer.Option(
+            "--push/--no-push",
+            help="`dvc push` afterwards (default: when the project has a DVC remote).",
+        ),
+    ] = None,
+    glob: Annotated[
+        bool, typer.Option("--glob", help="Targets are patterns: 'finetune@loveda-*'.")
+    ] = False,
+) -> None:
+    """`dvc repro` of the params file's folder as the Prefect flow `paper`, under one MLflow
+    parent run that nests every stage's run."""
+    if params_file.name != "params.yaml":
+        raise PipelineError(
+            f"{params_file}: DVC stages read params.yaml beside dvc.yaml; give that file"
+        )
+    root = params_file.resolve().parent
+    apply_env_defaults(root)
+    from pipeline.flows import paper_flow
+
+    summary = paper_flow(str(root), targets, push, glob)
+    typer.echo(
+        f"MLflow parent run {summary['parent_run_id']}; artifacts: "
+        f"{', '.join(summary['artifacts']) or 'none'}; pushed: {summary['pushed']}"
+    )
 
 
 @app.command("mlflow-ui")

@@ -286,7 +286,12 @@ class PretrainParams(_Section):
         ".pth); the only way offline.",
     )
     source_size: PositiveInt = 224
-    subimage_size: PositiveInt = 112
+    subimage_sizes: list[PositiveInt] = Field(
+        default_factory=lambda: [112, 56],
+        min_length=1,
+        description="Subimage side, one pretrain stage each: the first is the main setting (the "
+        "init 'sop'), the others ablations (inits 'sop-<size>-<jitter>'); the paper: 112 beats 56.",
+    )
     share_encoders: bool = Field(
         default=False, description="ResNet dual encoder: one encoder for source and subimage."
     )
@@ -301,29 +306,54 @@ class PretrainParams(_Section):
         default=None,
         description="decided: off; the detection default 0.25 down-weights the subimage's pixels.",
     )
-    color_jitter: Annotated[float, Field(ge=0, lt=1)] = Field(
-        default=0.0,
-        description="Ablation (the paper finds colour augmentation hurts): brightness, contrast "
-        "and saturation factors drawn from [1-j, 1+j], per view; 0 is off.",
+    color_jitters: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
+        default_factory=lambda: [0.0, 0.4],
+        min_length=1,
+        description="Colour jitter strength j, one pretrain stage each (first: the main "
+        "setting): brightness, contrast and saturation factors drawn from [1-j, 1+j] per view; "
+        "0 is off (the paper finds colour augmentation hurts; decided: 0.4 as 'on').",
     )
     flips: bool = False
 
-    @field_validator("source_size", "subimage_size")
+    @property
+    def subimage_size(self) -> int:
+        """The main setting (a pretrain stage's own params hold only its variant's value)."""
+        return self.subimage_sizes[0]
+
+    @property
+    def color_jitter(self) -> float:
+        return self.color_jitters[0]
+
+    @field_validator("source_size")
     @classmethod
-    def _multiple_for_every_backbone(cls, value: int, info: ValidationInfo) -> int:
+    def _source_multiple_for_every_backbone(cls, value: int, info: ValidationInfo) -> int:
         for backbone in info.data.get("backbones") or []:
             _check_multiple(value, backbone, pretext=True)
         return value
 
-    @field_validator("subimage_size")
+    @field_validator("subimage_sizes")
     @classmethod
-    def _subimage_within_source(cls, value: int, info: ValidationInfo) -> int:
+    def _subimages_fit(cls, value: list[int], info: ValidationInfo) -> list[int]:
         source = info.data.get("source_size")
-        if source is not None and value > source:
-            raise ValueError(
-                f"the subimage ({value}) must not be larger than its source ({source})"
-            )
+        for size in value:
+            for backbone in info.data.get("backbones") or []:
+                _check_multiple(size, backbone, pretext=True)
+            if source is not None and size > source:
+                raise ValueError(
+                    f"the subimage ({size}) must not be larger than its source ({source})"
+                )
+        _check_unique(value)
         return value
+
+    @field_validator("color_jitters")
+    @classmethod
+    def _jitters_unique(cls, value: list[float]) -> list[float]:
+        _check_unique(value)
+        return value
+
+    def variants(self) -> list[tuple[int, float]]:
+        """Every (subimage size, colour jitter) pair: the pretrain matrix's pretext axes."""
+        return [(s, float(j)) for s in self.subimage_sizes for j in self.color_jitters]
 
     @model_validator(mode="after")
     def _demo_backbones_start_random(self) -> PretrainParams:
@@ -386,22 +416,68 @@ INIT_BACKBONES: dict[str, tuple[str, ...]] = {
     "ssl4eo": ("resnet50",),
     "satlas": ("resnet50",),
 }
-InitName = Literal["random", "sop", "imagenet", "lvd142m", "gassl", "seco", "ssl4eo", "satlas"]
+
+
+PAPER_MODELS = (
+    "vits14-random",
+    "vits14-lvd142m",
+    "vits14-sop",
+    "resnet50-random",
+    "resnet50-imagenet",
+    "resnet50-gassl",
+    "resnet50-seco",
+    "resnet50-ssl4eo",
+    "resnet50-satlas",
+    "resnet50-sop",
+)
+
+
+def pretext_variant(subimage_size: int, color_jitter: float) -> str:
+    """``56-0.4``: a pretext variant's name, as DVC's matrix renders its two values."""
+    return f"{int(subimage_size)}-{float(color_jitter)}"
+
+
+def split_model(model: str) -> tuple[str, str]:
+    """``resnet50-sop-56-0.0`` -> (``resnet50``, ``sop-56-0.0``): backbone names hold no '-'."""
+    backbone, sep, init = model.partition("-")
+    if not sep or backbone not in BACKBONE_INPUT_MULTIPLE:
+        raise ValueError(
+            f"{model!r}: want <backbone>-<init> with a backbone of {list(BACKBONE_INPUT_MULTIPLE)}"
+        )
+    return backbone, init
+
+
+def base_init(init: str) -> str:
+    """``sop-56-0.0`` -> ``sop``: an ablation's encoder is still the SOP init."""
+    return "sop" if init.startswith("sop-") else init
+
+
+def sop_variant(init: str, pretrain: PretrainParams) -> str:
+    """The pretext variant an SOP init names: the main one for plain ``sop``."""
+    if init == "sop":
+        return pretext_variant(pretrain.subimage_size, pretrain.color_jitter)
+    return init.removeprefix("sop-")
 
 
 class FinetuneParams(_Section):
-    """Downstream segmentation: one run per (init, label fraction) of ``inits`` x fractions."""
+    """Downstream segmentation: the grid datasets x models x label fractions x seeds."""
 
-    dataset: str = Field(
-        default="landcoverai",
-        pattern=DATASET_NAME_PATTERN,
-        description="The labelled tile store fine-tuned and evaluated on; one of data.datasets.",
-    )
-    backbone: BackboneName = "vits14"
-    inits: list[InitName] = Field(
-        default_factory=lambda: list[InitName](["random", "lvd142m", "sop"]),
+    datasets: list[Annotated[str, Field(pattern=DATASET_NAME_PATTERN)]] = Field(
+        default_factory=lambda: list(BUILTIN_DATASETS),
         min_length=1,
-        description="Starting weights, one fine-tuning run each (and each label fraction).",
+        description="Labelled tile stores fine-tuned and evaluated on; each one of data.datasets.",
+    )
+    models: list[str] = Field(
+        default_factory=lambda: list(PAPER_MODELS),
+        min_length=1,
+        description="'<backbone>-<init>': a backbone and its starting weights. Inits: random, "
+        "imagenet, lvd142m, gassl, seco, ssl4eo, satlas, sop (the main pretext variant) or "
+        "sop-<subimage>-<jitter> (an ablation's encoder, e.g. sop-56-0.0).",
+    )
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        description="One run per seed: decoder weights and augmentation; decided: one seed.",
     )
     weights_file: dict[str, str] = Field(
         default_factory=dict,
@@ -415,7 +491,8 @@ class FinetuneParams(_Section):
         "scalings do not fit 8-bit aerial RGB).",
     )
     input_size: PositiveInt = Field(
-        default=448, description="Crop side; a multiple of the ViT patch size (14) or 32."
+        default=448,
+        description="Crop side; a multiple of the ViT patch size (14) and of 32 for a ResNet.",
     )
     epochs: PositiveInt = 50
     batch_size: PositiveInt = 16
@@ -436,20 +513,49 @@ class FinetuneParams(_Section):
         "reaches this.",
     )
 
+    @field_validator("models")
+    @classmethod
+    def _models_exist(cls, value: list[str]) -> list[str]:
+        for model in value:
+            backbone, init = split_model(model)
+            base = base_init(init)
+            if base not in INIT_BACKBONES or (
+                base == "sop" and init != "sop" and not _is_variant(init)
+            ):
+                raise ValueError(
+                    f"{model!r}: unknown init {init!r}; known: {list(INIT_BACKBONES)} or "
+                    "sop-<subimage>-<jitter>"
+                )
+            if backbone not in INIT_BACKBONES[base]:
+                allowed = [i for i, b in INIT_BACKBONES.items() if backbone in b]
+                raise ValueError(
+                    f"{model!r}: no {init} weights for {backbone}; inits for it: {allowed}"
+                )
+        _check_unique(value)
+        return value
+
     @field_validator("input_size")
     @classmethod
-    def _multiple_of_backbone(cls, value: int, info: ValidationInfo) -> int:
-        backbone = info.data.get("backbone")
-        if backbone is not None:
-            _check_multiple(value, backbone, pretext=False)
+    def _multiple_for_every_backbone(cls, value: int, info: ValidationInfo) -> int:
+        for model in info.data.get("models") or []:
+            _check_multiple(value, split_model(model)[0], pretext=False)
         return value
+
+    @field_validator("datasets", "seeds")
+    @classmethod
+    def _unique(cls, value: list[Any]) -> list[Any]:
+        _check_unique(value)
+        return value
+
+    def backbones(self) -> list[str]:
+        return list(dict.fromkeys(split_model(m)[0] for m in self.models))
 
     def normalisation_of(self, init: str) -> str:
         """``own`` or ``imagenet`` (the decided default) for ``init``."""
-        return self.normalisation.get(init, "imagenet")
+        return self.normalisation.get(base_init(init), "imagenet")
 
     @model_validator(mode="after")
-    def _inits_exist_for_the_backbone(self) -> FinetuneParams:
+    def _known_inits_and_sizes(self) -> FinetuneParams:
         for field, names in (
             ("weights_file", self.weights_file),
             ("normalisation", self.normalisation),
@@ -461,22 +567,18 @@ class FinetuneParams(_Section):
                     "{field}: unknown init(s) {unknown}; known: {known}",
                     {"field": field, "unknown": unknown, "known": list(INIT_BACKBONES)},
                 )
-        for init in [*self.inits, *self.weights_file, *self.normalisation]:
-            if self.backbone not in INIT_BACKBONES[init]:
-                raise PydanticCustomError(
-                    "init_backbone",
-                    "{init}: no such weights for {backbone}; inits for it: {allowed}",
-                    {
-                        "init": init,
-                        "backbone": self.backbone,
-                        "allowed": [i for i, b in INIT_BACKBONES.items() if self.backbone in b],
-                    },
-                )
-        if len(set(self.inits)) != len(self.inits):
-            raise PydanticCustomError(
-                "inits", "inits: listed twice in {inits}", {"inits": self.inits}
-            )
         return self
+
+
+def _is_variant(init: str) -> bool:
+    parts = init.split("-")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    try:
+        float(parts[2])
+    except ValueError:
+        return False
+    return True
 
 
 class SyntheticParams(_Section):
@@ -509,11 +611,45 @@ class Params(_Section):
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
 
+    @model_validator(mode="after")
+    def _sop_models_are_pretrained(self) -> Params:
+        variants = [pretext_variant(*v) for v in self.pretrain.variants()]
+        for model in self.finetune.models:
+            backbone, init = split_model(model)
+            if base_init(init) != "sop":
+                continue
+            if backbone not in self.pretrain.backbones:
+                raise PydanticCustomError(
+                    "sop_backbone",
+                    "finetune.models: {model} needs {backbone} in pretrain.backbones {backbones}",
+                    {"model": model, "backbone": backbone, "backbones": self.pretrain.backbones},
+                )
+            if sop_variant(init, self.pretrain) not in variants:
+                raise PydanticCustomError(
+                    "sop_variant",
+                    "finetune.models: {model} names no pretext variant of pretrain."
+                    "subimage_sizes x color_jitters: {variants}",
+                    {"model": model, "variants": variants},
+                )
+        return self
+
+    def for_pretext(self, subimage_size: int, color_jitter: float) -> Params:
+        """These params with one pretext variant: what that variant's pretrain stage reads."""
+        pretrain = self.pretrain.model_copy(
+            update={"subimage_sizes": [subimage_size], "color_jitters": [float(color_jitter)]}
+        )
+        return self.model_copy(update={"pretrain": pretrain})
+
 
 def _check_split_fractions(value: list[float]) -> list[float]:
     if len(value) != 3 or abs(sum(value) - 1.0) > 1e-6:
         raise ValueError(f"want three fractions (train, val, test) summing to 1, got {value}")
     return value
+
+
+def _check_unique(values: Sequence[Any]) -> None:
+    if len(set(values)) != len(values):
+        raise ValueError(f"listed twice in {list(values)}")
 
 
 def _check_multiple(value: int, backbone: str, *, pretext: bool) -> None:

@@ -1,8 +1,9 @@
 """The report: every grid cell's figures in one table, the paper's claims checked against them.
 
 Inputs are the small files the finetune and evaluate stages write (DVC metrics and plots):
-``metrics/finetune/<dataset>/<backbone>/<cell>.json``, ``metrics/evaluate/...`` and the curves
-``plots/finetune/.../<cell>.csv``. Outputs: ``results/results.csv`` (one row per cell),
+``metrics/finetune/<dataset>/<cell>.json``, ``metrics/evaluate/...`` and the curves
+``plots/finetune/<dataset>/<cell>.csv``; each metrics file names its cell's dataset, backbone,
+init, label fraction and seed. Outputs: ``results/results.csv`` (one row per cell),
 ``results/report.md`` (the paper-style table and a verdict per claim) and PNG plots.
 
 A claim is judged per (dataset, backbone) comparison and the verdict says how many comparisons
@@ -31,55 +32,56 @@ SOP = "sop"
 EQUAL_WITHIN = 0.005
 
 
-def parse_cell(name: str) -> tuple[str, float]:
-    """``sop-0.25`` -> (``sop``, 0.25): the inverse of the flows' cell name."""
-    init, _, fraction = name.rpartition("-")
-    try:
-        return init, float(fraction)
-    except ValueError:
-        raise DataError(f"{name!r}: not a grid cell name (<init>-<fraction>)") from None
+def collect(root: Path) -> pd.DataFrame:
+    """One row per evaluated cell: identity, best val mIoU, epoch to threshold, test figures.
 
-
-def collect(root: Path, seed: int) -> pd.DataFrame:
-    """One row per evaluated cell: identity, best val mIoU, epoch to threshold, test figures."""
+    The identity comes from the metrics files themselves; ``cell`` is the cell's path under
+    ``metrics/evaluate`` (``landcoverai/vits14-sop-1.0-s0``), shared by its other files."""
     rows = []
     evaluated = root / "metrics" / "evaluate"
-    for path in sorted(evaluated.glob("*/*/*.json")):
-        dataset, backbone = path.parent.parent.name, path.parent.name
-        init, fraction = parse_cell(path.stem)
+    for path in sorted(evaluated.glob("*/*.json")):
+        cell = path.relative_to(evaluated).with_suffix("").as_posix()
         test = json.loads(path.read_text())
-        trained_path = root / "metrics" / "finetune" / dataset / backbone / path.name
+        trained_path = root / "metrics" / "finetune" / path.relative_to(evaluated)
         if not trained_path.exists():
             raise DataError(f"{trained_path}: missing for {path}; rerun the finetune stage")
         trained = json.loads(trained_path.read_text())
-        row = {
-            "dataset": dataset,
-            "backbone": backbone,
-            "init": init,
-            "label_fraction": fraction,
-            "seed": seed,
-            "best_val_miou": trained["best_val_miou"],
-            "epoch_to_threshold": trained["convergence_epoch"],
-            "test_miou": test["test_miou"],
-            "evaluated_on": test.get("split", "test"),
-        }
+        try:
+            row = {
+                "dataset": test["dataset"],
+                "backbone": test["backbone"],
+                "init": test["init"],
+                "label_fraction": float(test["fraction"]),
+                "seed": int(test["seed"]),
+                "best_val_miou": trained["best_val_miou"],
+                "epoch_to_threshold": trained["convergence_epoch"],
+                "test_miou": test["test_miou"],
+                "evaluated_on": test.get("split", "test"),
+            }
+        except KeyError as exc:
+            raise DataError(
+                f"{path}: no {exc} field; written by an older pipeline, rerun its evaluate stage"
+            ) from None
         row |= {k: v for k, v in test.items() if k.startswith("test_iou_")}
+        row["cell"] = cell
         rows.append(row)
     if not rows:
         raise DataError(f"{evaluated}: no evaluated cells; run the evaluate stages first")
     table = pd.DataFrame(rows)
     return table.sort_values(
-        ["dataset", "backbone", "init", "label_fraction"], ascending=[True, True, True, False]
+        ["dataset", "backbone", "init", "label_fraction", "seed"],
+        ascending=[True, True, True, False, True],
     ).reset_index(drop=True)
 
 
 def curves(root: Path, table: pd.DataFrame) -> pd.DataFrame:
     """Per-epoch validation mIoU of every cell in ``table`` (long format)."""
     frames = []
-    cells: list[dict[str, Any]] = table[IDENTITY[:4]].to_dict("records")  # type: ignore[assignment]
+    cells: list[dict[str, Any]] = table[[*IDENTITY, "cell"]].to_dict("records")  # type: ignore[assignment]
     for cell in cells:
-        name = f"{cell['init']}-{float(cell['label_fraction'])}"
-        path = root / "plots" / "finetune" / cell["dataset"] / cell["backbone"] / f"{name}.csv"
+        path = root / "plots" / "finetune" / f"{cell.pop('cell')}.csv"
+        if not path.exists():
+            raise DataError(f"{path}: missing curve; rerun the finetune stage")
         curve = pd.read_csv(path, usecols=["epoch", "val_miou"])
         frames.append(curve.assign(**cell))
     return pd.concat(frames, ignore_index=True)
@@ -122,6 +124,8 @@ def _groups(table: pd.DataFrame) -> Iterable[tuple[Cell, dict[str, tuple[float, 
             (float(row["test_miou"]), reached)
         )
     for key, inits in sorted(grouped.items()):
+        # The pretext ablations (sop-<subimage>-<jitter>) are not part of the paper's claims.
+        inits = {k: v for k, v in inits.items() if not k.startswith(f"{SOP}-")}
         if SOP in inits and len(inits) > 1:
             yield (
                 key,
@@ -285,9 +289,9 @@ def plot_fractions(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     return written
 
 
-def write_report(root: Path, out_dir: Path, seed: int, threshold: float) -> dict[str, Path]:
+def write_report(root: Path, out_dir: Path, threshold: float) -> dict[str, Path]:
     """results.csv, report.md and the plots under ``out_dir``; returns their paths."""
-    table = collect(root, seed)
+    table = collect(root)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = out_dir / "results.csv"
     ordered = IDENTITY + FIGURES + [c for c in table.columns if c not in IDENTITY + FIGURES]

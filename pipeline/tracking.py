@@ -9,18 +9,26 @@
 - Tracking goes to ``sqlite:///<pipeline root>/mlflow.db`` with artifacts in
   ``<root>/mlartifacts`` unless ``MLFLOW_TRACKING_URI`` points at a shared server.
 - The resolved params file is saved with every run as ``params.resolved.yaml``.
+- A whole ``dvc repro`` (the ``paper`` flow, ``sop repro``) opens one parent run
+  (:func:`parent_run`): experiment ``<prefix>``, run name ``repro-<UTC timestamp>``, tags
+  ``sop.stage=grid``, the git state and ``dvc.targets``. Its id is exported in
+  ``SOP_PARENT_RUN_ID`` while it is open, so every stage process DVC starts tags its run as a
+  child and creates it in the parent's experiment, where the MLflow UI nests it under the
+  parent. Without ``SOP_PARENT_RUN_ID`` a stage's run goes to its per-stage experiment.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pipeline.env import apply_env_defaults
+from pipeline.errors import PipelineError
 
 PARENT_RUN_ENV = "SOP_PARENT_RUN_ID"
 TILE_INDEX_TAG = "data.tile_index_sha256"
@@ -118,13 +126,13 @@ def stage_run(
     try:
         mlflow.set_tracking_uri(uri)
         client = mlflow.MlflowClient()
-        name = experiment_name(stage, experiment_prefix)
-        experiment = client.get_experiment_by_name(name)
-        experiment_id = (
-            experiment.experiment_id
-            if experiment is not None
-            else client.create_experiment(name, artifact_location=location)
-        )
+        parent = os.environ.get(PARENT_RUN_ENV)
+        if parent:
+            # The UI nests a child under its parent only within one experiment.
+            experiment_id = _parent_experiment(client, parent, uri)
+        else:
+            name = experiment_name(stage, experiment_prefix)
+            experiment_id = _experiment_id(client, name, location)
         tags = run_tags(root, stage=stage, tile_index_hash=tile_index_hash)
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
             flat = list(flatten(params).items())
@@ -139,3 +147,83 @@ def stage_run(
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = preset
+
+
+def _experiment_id(client: Any, name: str, location: str | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    return str(client.create_experiment(name, artifact_location=location))
+
+
+def _parent_experiment(client: Any, parent: str, uri: str) -> str:
+    """The experiment of the run ``SOP_PARENT_RUN_ID`` names, which must exist at ``uri``."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_run(parent).info.experiment_id)
+    except MlflowException:
+        raise PipelineError(
+            f"{PARENT_RUN_ENV}={parent}: no such run at {uri}; unset it, or point "
+            "MLFLOW_TRACKING_URI at the tracking server that holds the parent run"
+        ) from None
+
+
+def utc_stamp(now: datetime | None = None) -> str:
+    """``20260105T142501Z``: sortable, and safe in run names and file names."""
+    return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+@contextmanager
+def parent_run(
+    root: Path,
+    *,
+    targets: Sequence[str] = (),
+    experiment_prefix: str = "sop",
+    run_name: str | None = None,
+) -> Iterator[Any]:
+    """Open the grid's parent run and export its id in ``SOP_PARENT_RUN_ID`` meanwhile.
+
+    Yields the :class:`mlflow.entities.Run`. The run ends FINISHED, FAILED on an exception
+    (KILLED on Ctrl-C); ``SOP_PARENT_RUN_ID`` and ``MLFLOW_TRACKING_URI`` get their previous
+    values back. The run is made through a client, not ``mlflow.start_run``: it is not this
+    process's active run, so a stage run opened here (tests) is not taken for a nested one.
+    """
+    apply_env_defaults(root)
+    import mlflow
+    from mlflow.tracking.context.registry import resolve_tags
+
+    preset_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    preset_parent = os.environ.get(PARENT_RUN_ENV)
+    uri, location = tracking_uri(root), artifact_location(root)
+    try:
+        # A parent is top-level: an outer SOP_PARENT_RUN_ID would make it a child.
+        os.environ.pop(PARENT_RUN_ENV, None)
+        mlflow.set_tracking_uri(uri)
+        client = mlflow.MlflowClient(uri)
+        experiment_id = _experiment_id(client, experiment_prefix, location)
+        tags = run_tags(root, stage="grid")
+        tags.pop("dvc.stage", None)
+        tags["dvc.targets"] = " ".join(targets) if targets else "(all)"
+        run = client.create_run(
+            experiment_id,
+            run_name=run_name or f"repro-{utc_stamp()}",
+            tags=resolve_tags(tags),
+        )
+        run_id = run.info.run_id
+        os.environ[PARENT_RUN_ENV] = run_id
+        status = "FAILED"
+        try:
+            yield run
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            client.set_terminated(run_id, status)
+    finally:
+        for key, value in (("MLFLOW_TRACKING_URI", preset_uri), (PARENT_RUN_ENV, preset_parent)):
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,5 +1,5 @@
 """DVC stage ``evaluate``: one cell's best checkpoint on the test split
--> metrics/evaluate/..., reports/confusion/..."""
+-> metrics/evaluate/<dataset>/<cell>.json, reports/confusion/<dataset>/<cell>.{json,png}."""
 
 from pathlib import Path
 
@@ -8,12 +8,15 @@ from pipeline.config import load_params
 from pipeline.env import apply_env_defaults
 
 
-def main(init: str, fraction: float, params_file: Path = Path("params.yaml")) -> None:
+def main(
+    dataset: str, model: str, fraction: float, seed: int, params_file: Path = Path("params.yaml")
+) -> None:
     root = params_file.resolve().parent
     apply_env_defaults(root)
     from pipeline.flows import evaluate_flow
+    from pipeline.flows.finetune import Cell
 
-    evaluate_flow(init, fraction, load_params(params_file), root)
+    evaluate_flow(Cell(dataset, model, fraction, seed), load_params(params_file), root)
 
 
 if __name__ == "__main__":

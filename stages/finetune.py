@@ -1,5 +1,5 @@
-"""DVC stage ``finetune``: one grid cell (init, label fraction)
--> models/finetune/<dataset>/<backbone>/<init>-<fraction>/."""
+"""DVC stage ``finetune``: one grid cell (dataset, model, label fraction, seed)
+-> models/finetune/<dataset>/<model>-<fraction>-s<seed>/."""
 
 from pathlib import Path
 
@@ -8,12 +8,15 @@ from pipeline.config import load_params
 from pipeline.env import apply_env_defaults
 
 
-def main(init: str, fraction: float, params_file: Path = Path("params.yaml")) -> None:
+def main(
+    dataset: str, model: str, fraction: float, seed: int, params_file: Path = Path("params.yaml")
+) -> None:
     root = params_file.resolve().parent
     apply_env_defaults(root)
     from pipeline.flows import finetune_flow
+    from pipeline.flows.finetune import Cell
 
-    finetune_flow(init, fraction, load_params(params_file), root)
+    finetune_flow(Cell(dataset, model, fraction, seed), load_params(params_file), root)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""DVC stage ``pretrain``: the overlap task for one backbone -> models/pretrain/<backbone>."""
+"""DVC stage ``pretrain``: the overlap task for one backbone and pretext variant
+-> models/pretrain/<backbone>-<subimage>-<jitter>/."""
 
 from pathlib import Path
 
@@ -7,12 +8,14 @@ from pipeline.config import load_params
 from pipeline.env import apply_env_defaults
 
 
-def main(backbone: str, params_file: Path = Path("params.yaml")) -> None:
+def main(
+    backbone: str, subimage_size: int, color_jitter: float, params_file: Path = Path("params.yaml")
+) -> None:
     root = params_file.resolve().parent
     apply_env_defaults(root)
     from pipeline.flows import pretrain_flow
 
-    pretrain_flow(backbone, load_params(params_file), root)
+    pretrain_flow(backbone, subimage_size, color_jitter, load_params(params_file), root)
 
 
 if __name__ == "__main__":

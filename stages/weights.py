@@ -1,5 +1,5 @@
-"""DVC stage ``weights``: one init's encoder for ``finetune.backbone``
--> models/init/<backbone>/<init>.safetensors."""
+"""DVC stage ``weights``: one model's starting encoder (``<backbone>-<init>``)
+-> models/init/<model>.safetensors."""
 
 from pathlib import Path
 
@@ -8,12 +8,12 @@ from pipeline.config import load_params
 from pipeline.env import apply_env_defaults
 
 
-def main(init: str, params_file: Path = Path("params.yaml")) -> None:
+def main(model: str, params_file: Path = Path("params.yaml")) -> None:
     root = params_file.resolve().parent
     apply_env_defaults(root)
     from pipeline.flows import weights_flow
 
-    weights_flow(init, load_params(params_file), root)
+    weights_flow(model, load_params(params_file), root)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Test-wide environment: telemetry off, Prefect/MLflow/DVC state in a temp dir, no servers."""
+"""Test-wide environment: telemetry off, Prefect/MLflow/DVC state in a temp dir; server fixtures
+(a real Prefect or MLflow server on 127.0.0.1, started only by the slow tests that ask for one)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.env import TELEMETRY_OFF
@@ -45,6 +47,25 @@ def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def pretext_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """8 tiles split 3 train / 4 val / 1 test, for pretraining runs; treat it as read-only."""
     return synthetic_tile_store(tmp_path_factory.mktemp("pretext"), split_fractions=(0.5, 0.5, 0.0))
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``prefect server start`` on 127.0.0.1, one per test module; yields its API URL."""
+    from tests.servers import prefect_server
+
+    with prefect_server(tmp_path_factory.mktemp("prefect-home")) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def mlflow_tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 (sqlite, served artifacts), one per test module;
+    yields its tracking URI."""
+    from tests.servers import mlflow_server
+
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

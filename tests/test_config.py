@@ -36,6 +36,19 @@ def test_root_params_are_the_paper_defaults() -> None:
     for dataset in params.data.datasets:
         assert params.data.tiling_for(dataset) == Params().data.tiling_for(dataset)
     assert (params.pretrain.source_size, params.pretrain.subimage_size) == (224, 112)
+    assert params.pretrain.variants() == [(112, 0.0), (112, 0.4), (56, 0.0), (56, 0.4)]
+    assert params.finetune.datasets == ["landcoverai", "loveda", "deepglobe"]
+    assert {m.split("-")[1] for m in params.finetune.models} == {
+        "random",
+        "imagenet",
+        "lvd142m",
+        "gassl",
+        "seco",
+        "ssl4eo",
+        "satlas",
+        "sop",
+    }
+    assert params.finetune.backbones() == ["vits14", "resnet50"]
     assert params.pretrain.focal_alpha is None
     assert params.finetune.input_size % 14 == 0
 
@@ -58,18 +71,18 @@ def test_root_params_are_the_paper_defaults() -> None:
         ),
         ("data:\n  label_fractions: [0.0]\n", "data.label_fractions[0]", "greater than 0"),
         (
-            "pretrain:\n  source_size: 224\n  subimage_size: 280\n",
-            "pretrain.subimage_size",
+            "pretrain:\n  source_size: 224\n  subimage_sizes: [112, 280]\n",
+            "pretrain.subimage_sizes",
             "must not be larger than its source",
         ),
         (
-            "pretrain:\n  backbones: [resnet50]\n  subimage_size: 60\n",
-            "pretrain.subimage_size",
+            "pretrain:\n  backbones: [resnet50]\n  subimage_sizes: [60]\n",
+            "pretrain.subimage_sizes",
             "not a multiple of 8 (resnet50)",
         ),
         (
-            "pretrain:\n  backbones: [vits14, resnet50]\n  subimage_size: 64\n",
-            "pretrain.subimage_size",
+            "pretrain:\n  backbones: [vits14, resnet50]\n  subimage_sizes: [64]\n",
+            "pretrain.subimage_sizes",
             "not a multiple of 14 (vits14)",
         ),
         (
@@ -77,11 +90,30 @@ def test_root_params_are_the_paper_defaults() -> None:
             "pretrain",
             "set pretrain.init: none",
         ),
-        ("pretrain:\n  color_jitter: 1.5\n", "pretrain.color_jitter", "less than 1"),
+        ("pretrain:\n  color_jitters: [0.0, 1.5]\n", "pretrain.color_jitters[1]", "less than 1"),
+        ("pretrain:\n  subimage_sizes: [56, 56]\n", "pretrain.subimage_sizes", "listed twice"),
+        (
+            "finetune:\n  models: [vits14-seco]\n",
+            "finetune.models",
+            "no seco weights for vits14; inits for it: ['random', 'sop', 'lvd142m']",
+        ),
+        ("finetune:\n  models: [vits14-moco]\n", "finetune.models", "unknown init 'moco'"),
+        ("finetune:\n  models: [vit-sop]\n", "finetune.models", "want <backbone>-<init>"),
+        (
+            "finetune:\n  models: [vits14-sop-28-0.0]\n",
+            "finetune.models",
+            "names no pretext variant",
+        ),
+        (
+            "finetune:\n  models: [resnet_demo-sop]\n",
+            "finetune.models",
+            "needs resnet_demo in pretrain.backbones",
+        ),
+        ("finetune:\n  seeds: [0, 0]\n", "finetune.seeds", "listed twice"),
         ("compute:\n  devices: 0\n", "compute.devices", "positive number of processes"),
         ("finetune:\n  input_size: 450\n", "finetune.input_size", "not a multiple of 14"),
         (
-            "finetune:\n  backbone: resnet50\n  input_size: 500\n",
+            "finetune:\n  models: [resnet50-sop]\n  input_size: 500\n",
             "finetune.input_size",
             "not a multiple of 32",
         ),

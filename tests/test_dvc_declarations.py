@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pipeline.config import Params, load_params
-from pipeline.flows.finetune import evaluate_section, finetune_section, weights_section
+from pipeline.flows.finetune import Cell, evaluate_section, finetune_section, weights_section
 from pipeline.flows.pretrain import section_for
 from pipeline.flows.report import report_section
 from pipeline.tracking import flatten
@@ -19,16 +19,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("root", [REPO, REPO / "demo"], ids=["paper", "demo"])
 def test_pretrain_declares_the_params_it_reads(root: Path) -> None:
-    stage = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["pretrain"]["do"]
+    stage = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["pretrain"]
     declared = set(stage["params"])
     params: Params = load_params(root / "params.yaml")
-    read = set(flatten(section_for(params, params.pretrain.backbones[0])))
-    # What the flow reads, in DVC's terms: the backbone is the foreach item, not a param, and
-    # the compute section other than the device (precision) does not change the result.
-    read -= {"pretrain.backbone"}
+    subimage, jitter = params.pretrain.variants()[-1]
+    variant = params.for_pretext(subimage, jitter)
+    read = set(flatten(section_for(variant, params.pretrain.backbones[0])))
+    # What the flow reads, in DVC's terms: the backbone and the pretext variant are the matrix
+    # item (in the cmd), not params, and the compute section other than the device (precision)
+    # does not change the result.
+    read -= {"pretrain.backbone", "pretrain.subimage_size", "pretrain.color_jitter"}
     read = {k for k in read if not k.startswith("compute.") or k == "compute.device"}
     read = {"pretrain.weights_file" if k.startswith("pretrain.weights_file") else k for k in read}
     assert declared == read
+    assert stage["matrix"] == {
+        "backbone": "${pretrain.backbones}",
+        "subimage": "${pretrain.subimage_sizes}",
+        "jitter": "${pretrain.color_jitters}",
+    }
 
 
 def _stage(root: Path, name: str) -> dict[str, Any]:
@@ -48,16 +56,42 @@ def _in_dvc_terms(section: dict[str, Any], item_keys: set[str]) -> set[str]:
 @pytest.mark.parametrize("root", [REPO, REPO / "demo"], ids=["paper", "demo"])
 def test_downstream_stages_declare_the_params_they_read(root: Path) -> None:
     params: Params = load_params(root / "params.yaml")
-    init, fraction = params.finetune.inits[0], params.data.label_fractions[0]
-    cell = {"finetune.init", "finetune.fraction"}
+    f = params.finetune
+    cells = [
+        Cell(f.datasets[0], model, params.data.label_fractions[0], f.seeds[0]) for model in f.models
+    ]
+    item = {"finetune.dataset", "finetune.model", "finetune.fraction", "finetune.seed"}
+    weights_read: set[str] = set()
+    for model in f.models:
+        weights_read |= _in_dvc_terms(weights_section(params, model), {"finetune.model"})
+    # An SOP model reads its pretext variant, which `sop` resolves from the two ablation lists.
+    if "pretrain.pretext_variant" in weights_read:
+        weights_read.remove("pretrain.pretext_variant")
+        weights_read |= {"pretrain.subimage_sizes", "pretrain.color_jitters"}
     expected = {
-        "weights": _in_dvc_terms(weights_section(params, init), {"finetune.init"}),
-        "finetune": _in_dvc_terms(finetune_section(params, init, fraction), cell),
-        "evaluate": _in_dvc_terms(evaluate_section(params, init, fraction), cell),
+        "weights": weights_read,
+        "finetune": set().union(*(_in_dvc_terms(finetune_section(params, c), item) for c in cells)),
+        "evaluate": set().union(*(_in_dvc_terms(evaluate_section(params, c), item) for c in cells)),
         "report": _in_dvc_terms(report_section(params), set()),
     }
     for name, read in expected.items():
         assert set(_stage(root, name)["params"]) == read, name
+
+
+@pytest.mark.parametrize("root", [REPO, REPO / "demo"], ids=["paper", "demo"])
+def test_the_grid_matrix_comes_from_params_and_reaches_the_commands(root: Path) -> None:
+    for name in ("finetune", "evaluate"):
+        stage = _stage(root, name)
+        assert stage["matrix"] == {
+            "dataset": "${finetune.datasets}",
+            "model": "${finetune.models}",
+            "fraction": "${data.label_fractions}",
+            "seed": "${finetune.seeds}",
+        }
+        assert stage["cmd"].endswith(
+            f"stages/{name}.py ${{item.dataset}} ${{item.model}} ${{item.fraction}} ${{item.seed}}"
+        )
+    assert _stage(root, "weights")["cmd"].endswith("stages/weights.py ${item}")
 
 
 @pytest.mark.parametrize("root", [REPO, REPO / "demo"], ids=["paper", "demo"])
@@ -66,6 +100,7 @@ def test_every_declared_param_is_in_the_params_file(root: Path, name: str) -> No
     tree = yaml.safe_load((root / "params.yaml").read_text())
     stage = _stage(root, name)
     for key in stage["params"]:
+        key = key.split("#")[0].strip()
         node = tree
         for part in key.split("."):
             assert isinstance(node, dict), key
@@ -80,4 +115,4 @@ def test_pretraining_a_dataset_that_is_not_declared_names_the_parameter(tmp_path
 
     params = params_from_mapping({"data": {"datasets": ["loveda"]}})
     with pytest.raises(DataError, match=r"pretrain\.dataset: 'landcoverai' is not in data"):
-        pretrain_flow.fn("vits14", params, tmp_path)
+        pretrain_flow.fn("vits14", 112, 0.0, params, tmp_path)

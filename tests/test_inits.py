@@ -428,12 +428,12 @@ def test_an_init_for_another_backbone_is_refused(tmp_path: Path) -> None:
 
 
 def test_sop_without_an_encoder_says_to_run_pretrain(tmp_path: Path) -> None:
-    with pytest.raises(WeightsError, match=r"dvc repro pretrain@resnet_demo"):
+    with pytest.raises(WeightsError, match=r"dvc repro pretrain@resnet_demo-56-0\.4\)"):
         init_state(
             "sop",
             "resnet_demo",
             weights_file=None,
-            sop_encoder=tmp_path / "encoder.safetensors",
+            sop_encoder=tmp_path / "resnet_demo-56-0.4" / "encoder.safetensors",
             cache_dir=tmp_path,
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -87,7 +88,8 @@ def dvc(cwd: Path, *args: str) -> str:
 
 
 def test_demo_pipeline_with_dvc(tmp_path: Path) -> None:
-    """The demo's DVC pipeline on a copy of the project: repro, then nothing left to do."""
+    """The demo's DVC pipeline on a copy of the project, as `make demo` runs it (`sop repro`:
+    the Prefect `paper` flow under one MLflow parent run), then nothing left to do."""
     project = tmp_path / "project"
     for item in ("pipeline", "stages"):
         shutil.copytree(REPO / item, project / item, ignore=shutil.ignore_patterns("__pycache__"))
@@ -102,7 +104,21 @@ def test_demo_pipeline_with_dvc(tmp_path: Path) -> None:
     shutil.copy(REPO / "demo" / "dvc.yaml", demo / "dvc.yaml")
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     dvc(demo, "init", "--subdir", "-q")
-    dvc(demo, "repro")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("PREFECT_API_URL", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "sop"), "repro", "--params", "demo/params.yaml"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1500,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    # One Prefect server for the whole grid: no stage started its own.
+    assert (result.stdout + result.stderr).count("Starting temporary server") <= 1
     store = TileStore(demo / "data" / "tiles" / "landcoverai")
     assert len(store) > 0
     assert store.meta.label_fractions == (1.0, 0.5, 0.25)
@@ -111,8 +127,9 @@ def test_demo_pipeline_with_dvc(tmp_path: Path) -> None:
     summary = json.loads((demo / "data/tiles/landcoverai.summary.json").read_text())
     assert summary["tiles"] == len(store)
     for backbone in params["pretrain"]["backbones"]:
-        assert (demo / "models" / "pretrain" / backbone / "encoder.safetensors").exists()
-        metrics = json.loads((demo / "metrics" / "pretrain" / f"{backbone}.json").read_text())
+        name = f"{backbone}-56-0.0"  # the demo's one pretext variant
+        assert (demo / "models" / "pretrain" / name / "encoder.safetensors").exists()
+        metrics = json.loads((demo / "metrics" / "pretrain" / f"{name}.json").read_text())
         assert metrics["epochs"] == 2
     assert "val_iou" in dvc(demo, "metrics", "show")
     _check_downstream(demo, params)
@@ -124,17 +141,28 @@ def test_demo_pipeline_with_dvc(tmp_path: Path) -> None:
     params["pretrain"]["epochs"] = 3
     (demo / "params.yaml").write_text(yaml.safe_dump(params))
     status = dvc(demo, "status")
-    assert "pretrain@resnet_demo" in status
+    assert "pretrain@resnet_demo-56-0.0" in status
     assert "tile@landcoverai" not in status
     params["pretrain"]["epochs"] = 2
     # A fine-tuning param makes the grid stale, not its starting weights nor pretraining.
     params["finetune"]["epochs"] = 3
     (demo / "params.yaml").write_text(yaml.safe_dump(params))
     status = dvc(demo, "status")
-    assert "finetune@random-0.5" in status
+    assert "finetune@landcoverai-resnet_demo-random-0.5-0" in status
     assert "weights@" not in status
     assert "pretrain@" not in status
     params["finetune"]["epochs"] = 2
+    # A new seed (or model, fraction, dataset, pretext variant) adds cells: the existing
+    # ones stay up to date, since a cell's identity reaches its stage through the cmd.
+    params["finetune"]["seeds"] = [0, 1]
+    params["pretrain"]["color_jitters"] = [0.0, 0.4]
+    (demo / "params.yaml").write_text(yaml.safe_dump(params))
+    stale = [line.rstrip(":") for line in dvc(demo, "status").splitlines() if "@" in line]
+    assert "finetune@landcoverai-resnet_demo-sop-0.25-1" in stale
+    assert "pretrain@vit_tiny_demo-56-0.4" in stale
+    assert not [s for s in stale if s.startswith(("finetune@", "evaluate@")) and s.endswith("-0")]
+    assert not [s for s in stale if s.startswith("pretrain@") and s.endswith("-0.0")]
+    params["finetune"]["seeds"], params["pretrain"]["color_jitters"] = [0], [0.0]
     # A changed tiling param makes exactly the tile stage stale.
     params["data"]["subset_seed"] = 1
     (demo / "params.yaml").write_text(yaml.safe_dump(params))
@@ -144,18 +172,30 @@ def test_demo_pipeline_with_dvc(tmp_path: Path) -> None:
 
 
 def _check_downstream(demo: Path, params: dict[str, Any]) -> None:
-    """Every init at every fraction: curves, best checkpoint, test metrics, one MLflow run."""
+    """Every model at every fraction: curves, best checkpoint, test metrics, one MLflow run."""
     cells = [
-        f"{init}-{float(fraction)}"
-        for init in params["finetune"]["inits"]
+        f"{model}-{float(fraction)}-s0"
+        for model in params["finetune"]["models"]
         for fraction in params["data"]["label_fractions"]
     ]
     assert len(cells) == 6
-    where = Path("landcoverai") / params["finetune"]["backbone"]
+    where = Path("landcoverai")
     client = mlflow.MlflowClient(f"sqlite:///{demo / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("sop-demo-finetune")
+    experiment = client.get_experiment_by_name("sop-demo")
     assert experiment is not None
-    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    every = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in every if r.data.tags.get("sop.stage") == "grid"]
+    assert parent.info.status == "FINISHED"
+    children = [r for r in every if r.info.run_id != parent.info.run_id]
+    assert {r.data.tags.get("mlflow.parentRunId") for r in children} == {parent.info.run_id}
+    # A child run per DVC stage, named by DVC itself.
+    stages = dvc(demo, "stage", "list", "--name-only").split()
+    assert sorted(r.data.tags["dvc.stage"] for r in children) == sorted(stages)
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "results")}
+    assert {"results/report.md", "results/results.csv"} <= logged
+    assert any(path.endswith(".png") for path in logged)
+    assert parent.data.metrics["results.cells"] == len(cells)
+    runs = {r.info.run_name: r for r in children if r.data.tags.get("sop.stage") == "finetune"}
     tiles = []
     for cell in cells:
         record = json.loads((demo / "models/finetune" / where / cell / "run.json").read_text())
@@ -170,7 +210,8 @@ def _check_downstream(demo: Path, params: dict[str, Any]) -> None:
         assert len(confusion["matrix"]) == 5
         assert (demo / "reports/confusion" / where / f"{cell}.png").read_bytes()[:4] == b"\x89PNG"
         run = client.get_run(record["mlflow_run_id"])
-        assert runs[cell].info.run_id == run.info.run_id
+        assert runs[f"landcoverai-{cell}"].info.run_id == run.info.run_id
+        assert (test["init"], test["seed"]) == (record["init"], 0)
         assert run.data.metrics["test_miou"] == pytest.approx(test["test_miou"])
         history = client.get_metric_history(run.info.run_id, "val_miou")
         assert [m.step for m in history] == [1, 2]
@@ -179,10 +220,24 @@ def _check_downstream(demo: Path, params: dict[str, Any]) -> None:
         tiles.append(record["metrics"]["train_tiles"])
     results = (demo / "results" / "results.csv").read_text().splitlines()
     assert len(results) == 1 + len(cells)
+    # The report, DVC's metrics and MLflow agree on every cell's test mIoU.
+    shown = json.loads(dvc(demo, "metrics", "show", "--json"))
+    dvc_miou = {
+        Path(path).stem: figures["data"]["test_miou"]
+        for path, figures in next(iter(shown.values()))["data"].items()
+        if path.startswith("metrics/evaluate/")
+    }
+    with open(demo / "results" / "results.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            name = Path(row["cell"]).name
+            assert float(row["test_miou"]) == pytest.approx(dvc_miou[name], abs=1e-9)
+            assert float(row["test_miou"]) == pytest.approx(
+                runs[f"landcoverai-{name}"].data.metrics["test_miou"], abs=1e-6
+            )
     assert results[0].startswith("dataset,backbone,init,label_fraction,seed,best_val_miou")
     report = (demo / "results" / "report.md").read_text()
     assert "SOP reaches equal or better test mIoU" in report
-    assert (demo / "results" / f"curves_landcoverai_{where.name}.png").exists()
+    assert (demo / "results" / "curves_landcoverai_resnet_demo.png").exists()
     # Fewer labels, fewer tiles; the same subsets for every init.
     assert tiles[:3] == tiles[3:]
     assert tiles[0] > tiles[2]

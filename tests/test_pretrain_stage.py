@@ -42,7 +42,8 @@ pretrain:
   images: {images}
   init: none
   source_size: 64
-  subimage_size: 32
+  subimage_sizes: [32]
+  color_jitters: [0.0]
   epochs: {epochs}
   batch_size: 4
   lr_backbone: 1.0e-3
@@ -61,7 +62,7 @@ def stage(root: Path, **popen: object) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("PREFECT_API_URL", None)
     return subprocess.Popen(
-        [sys.executable, str(REPO / "stages" / "pretrain.py"), "resnet_demo"],
+        [sys.executable, str(REPO / "stages" / "pretrain.py"), "resnet_demo", "32", "0.0"],
         cwd=root,
         env=env,
         stdout=subprocess.PIPE,
@@ -77,11 +78,11 @@ def finish(process: subprocess.Popen[bytes]) -> str:
 
 
 def outputs(root: Path) -> tuple[dict[str, float], dict[str, object], list[dict[str, str]]]:
-    metrics = json.loads((root / "metrics" / "pretrain" / "resnet_demo.json").read_text())
+    metrics = json.loads((root / "metrics" / "pretrain" / "resnet_demo-32-0.0.json").read_text())
     provenance = json.loads(
-        (root / "models" / "pretrain" / "resnet_demo" / "provenance.json").read_text()
+        (root / "models" / "pretrain" / "resnet_demo-32-0.0" / "provenance.json").read_text()
     )
-    with open(root / "plots" / "pretrain" / "resnet_demo.csv") as handle:
+    with open(root / "plots" / "pretrain" / "resnet_demo-32-0.0.csv") as handle:
         curve = list(csv.DictReader(handle))
     return metrics, provenance, curve
 
@@ -100,7 +101,7 @@ def test_ddp_on_two_cpu_processes_agrees_with_one_process_metrics(
     assert len(curve) == 3
     # Recompute the final validation metrics in this one process from the last checkpoint.
     params = load_params(root / "params.yaml")
-    (folder,) = checkpoint_root(root).glob("pretrain-resnet_demo-*")
+    (folder,) = checkpoint_root(root).glob("pretrain-resnet_demo-32-0.0-*")
     state = latest_checkpoint(folder)
     assert state is not None
     assert (state["world_size"], state["step"]) == (2, 6)  # 8 tiles, batches of 4
@@ -138,7 +139,7 @@ def test_a_stage_killed_halfway_resumes_to_the_uninterrupted_metrics(
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)  # the stage and its Prefect server, as a scheduler would
     process.wait()
-    assert not (killed / "metrics" / "pretrain" / "resnet_demo.json").exists()
+    assert not (killed / "metrics" / "pretrain" / "resnet_demo-32-0.0.json").exists()
 
     finish(stage(killed))
     resumed, provenance, _ = outputs(killed)
@@ -153,7 +154,7 @@ def test_the_exported_encoder_is_encoder_a_alone(pretext_store: Path, tmp_path: 
     root = project(tmp_path, pretext_store, epochs=1, processes=1)
     finish(stage(root))
     metrics, provenance, curve = outputs(root)
-    weights = load_file(root / "models" / "pretrain" / "resnet_demo" / "encoder.safetensors")
+    weights = load_file(root / "models" / "pretrain" / "resnet_demo-32-0.0" / "encoder.safetensors")
     encoder = create_overlap_model("resnet_demo", 64, 32).encoder  # type: ignore[union-attr]
     assert set(weights) == set(encoder.state_dict())
     assert not any(k.startswith(("decoder", "subimage_encoder", "project")) for k in weights)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import DataError
-from pipeline.report import check_claims, collect, paper_table, parse_cell, write_report
+from pipeline.report import check_claims, collect, paper_table, write_report
 
 # init -> fraction -> (test mIoU, epoch to 0.60 or None)
 SOP_WINS_MORE_WITH_FEWER_LABELS = {
@@ -26,10 +26,20 @@ def write_cells(
     dataset: str = "landcoverai",
     backbone: str = "resnet50",
     split: str = "test",
+    seed: int = 0,
 ) -> None:
+    """The finetune and evaluate stages' files for each (init, fraction), as the flows name
+    them (``<dataset>/<backbone>-<init>-<fraction>-s<seed>``)."""
     for init, by_fraction in results.items():
         for fraction, (miou, epoch) in by_fraction.items():
-            cell = f"{init}-{fraction}"
+            cell = f"{backbone}-{init}-{fraction}-s{seed}"
+            identity = {
+                "dataset": dataset,
+                "backbone": backbone,
+                "init": init,
+                "fraction": fraction,
+                "seed": seed,
+            }
             for kind, payload in (
                 ("metrics/finetune", {"best_val_miou": miou + 0.01, "convergence_epoch": epoch}),
                 (
@@ -37,24 +47,39 @@ def write_cells(
                     {"test_miou": miou, "test_iou_water": miou + 0.1, "split": split},
                 ),
             ):
-                path = root / kind / dataset / backbone / f"{cell}.json"
+                path = root / kind / dataset / f"{cell}.json"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(payload))
-            curve = root / "plots/finetune" / dataset / backbone / f"{cell}.csv"
+                path.write_text(json.dumps(identity | payload))
+            curve = root / "plots/finetune" / dataset / f"{cell}.csv"
             curve.parent.mkdir(parents=True, exist_ok=True)
             curve.write_text(f"epoch,train_loss,val_miou\n1,1.0,0.3\n2,0.8,{miou}\n")
 
 
-def test_cell_names_parse_back() -> None:
-    assert parse_cell("sop-0.25") == ("sop", 0.25)
-    assert parse_cell("lvd142m-1.0") == ("lvd142m", 1.0)
-    with pytest.raises(DataError, match="not a grid cell name"):
-        parse_cell("sop")
+def test_a_metrics_file_without_its_cell_identity_is_a_clear_error(tmp_path: Path) -> None:
+    write_cells(tmp_path, {"sop": {1.0: (0.6, 3)}})
+    (path,) = (tmp_path / "metrics/evaluate/landcoverai").glob("*.json")
+    path.write_text(json.dumps({"test_miou": 0.6}))
+    with pytest.raises(DataError, match="no 'dataset' field"):
+        collect(tmp_path)
+
+
+def test_seeds_are_rows_and_ablation_encoders_stay_out_of_the_claims(tmp_path: Path) -> None:
+    write_cells(tmp_path, {"random": {1.0: (0.60, 5)}, "sop": {1.0: (0.62, 4)}}, seed=0)
+    write_cells(tmp_path, {"random": {1.0: (0.58, 6)}, "sop": {1.0: (0.64, 3)}}, seed=1)
+    # An ablation that would lose every comparison if it were counted as "the" SOP init.
+    write_cells(tmp_path, {"sop-56-0.0": {1.0: (0.10, None)}})
+    table = collect(tmp_path)
+    assert len(table) == 5
+    assert sorted(table[table["init"] == "sop"]["seed"]) == [0, 1]
+    assert "landcoverai/resnet50-sop-56-0.0-1.0-s0" in set(table["cell"])
+    verdicts = check_claims(table)
+    assert [v.verdict for v in verdicts][:2] == ["holds", "holds"], verdicts
+    assert paper_table(table).loc["sop", ("landcoverai", "resnet50", 1.0)] == pytest.approx(0.63)
 
 
 def test_one_row_per_cell_with_the_figures_of_both_stages(tmp_path: Path) -> None:
     write_cells(tmp_path, SOP_WINS_MORE_WITH_FEWER_LABELS)
-    table = collect(tmp_path, seed=0)
+    table = collect(tmp_path)
     assert len(table) == 9
     row = table[(table["init"] == "sop") & (table["label_fraction"] == 0.5)].iloc[0]
     assert row["test_miou"] == 0.56
@@ -127,7 +152,7 @@ def test_report_files_and_the_val_only_note(tmp_path: Path) -> None:
         "resnet50",
         split="val",
     )
-    out = write_report(tmp_path, tmp_path / "results", seed=0, threshold=0.6)
+    out = write_report(tmp_path, tmp_path / "results", threshold=0.6)
     results = pd.read_csv(out["results"])
     assert list(results.columns[:8]) == [
         "dataset",
@@ -152,4 +177,4 @@ def test_report_files_and_the_val_only_note(tmp_path: Path) -> None:
 
 def test_no_evaluated_cells_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no evaluated cells"):
-        collect(tmp_path, seed=0)
+        collect(tmp_path)

@@ -9,6 +9,7 @@ server; with it set, runs report to that server.
 from pipeline.flows.common import quiet_user_error_tracebacks
 from pipeline.flows.data import download_flow, synth_flow, tile_flow
 from pipeline.flows.finetune import evaluate_flow, finetune_flow, weights_flow
+from pipeline.flows.paper import paper_flow
 from pipeline.flows.pretrain import pretrain_flow
 from pipeline.flows.report import report_flow
 
@@ -18,6 +19,7 @@ __all__ = [
     "download_flow",
     "evaluate_flow",
     "finetune_flow",
+    "paper_flow",
     "pretrain_flow",
     "report_flow",
     "synth_flow",

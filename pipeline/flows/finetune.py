@@ -1,25 +1,29 @@
 """The downstream flows: starting weights, fine-tuning, evaluation; one grid cell at a time.
 
-A grid cell is (dataset, backbone, init, label fraction). Outputs (DVC tracks them):
+A model is ``<backbone>-<init>`` (``resnet50-seco``); a grid cell is (dataset, model, label
+fraction, seed), named ``<model>-<fraction>-s<seed>`` under its dataset. Outputs (DVC tracks them):
 
-- ``weights``: ``models/init/<backbone>/<init>.safetensors``: the init's encoder in the
-  backbone's exact layout (random weights from the seed; published weights fetched, verified
-  and loaded with every missing and unexpected key reported; SOP: the pretrain stage's encoder),
-  and ``<init>.json``, its provenance and load report.
-- ``finetune``: ``models/finetune/<dataset>/<backbone>/<init>-<fraction>/best.safetensors``
-  (the best-validation epoch's segmenter) and ``run.json``; ``metrics/finetune/.../<cell>.json``;
-  the per-epoch curves ``plots/finetune/.../<cell>.csv``.
-- ``evaluate``: ``metrics/evaluate/.../<cell>.json`` (mIoU, per-class IoU on the test split) and
-  ``reports/confusion/.../<cell>.json`` and ``.png``.
+- ``weights``: ``models/init/<model>.safetensors``: the init's encoder in the backbone's exact
+  layout (random weights from the seed; published weights fetched, verified and loaded with
+  every missing and unexpected key reported; SOP: a pretrain stage's encoder), and
+  ``<model>.json``, its provenance and load report.
+- ``finetune``: ``models/finetune/<dataset>/<cell>/best.safetensors`` (the best-validation
+  epoch's segmenter) and ``run.json``; ``metrics/finetune/<dataset>/<cell>.json``; the per-epoch
+  curves ``plots/finetune/<dataset>/<cell>.csv``.
+- ``evaluate``: ``metrics/evaluate/<dataset>/<cell>.json`` (mIoU, per-class IoU on the test
+  split) and ``reports/confusion/<dataset>/<cell>.json`` and ``.png``.
 
-Each flow opens its MLflow run; evaluate also adds its figures and the confusion matrix to the
-cell's fine-tuning run, so one run holds the cell's curves, best checkpoint and test results.
+Every metrics file carries the cell's identity (dataset, backbone, init, fraction, seed), so the
+report never parses names. Each flow opens its MLflow run; evaluate also adds its figures and the
+confusion matrix to the cell's fine-tuning run, so one run holds the cell's curves, best
+checkpoint and test results.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,7 @@ import torch
 from prefect import flow
 from safetensors.torch import load_file
 
-from pipeline.config import Params, params_to_yaml
+from pipeline.config import Params, base_init, params_to_yaml, sop_variant, split_model
 from pipeline.data import store as tile_store
 from pipeline.data.download import file_digest
 from pipeline.errors import DataError, ParamsError
@@ -64,60 +68,82 @@ NO_TEST_LABELS = (
 )
 
 
-def cell_name(init: str, fraction: float) -> str:
-    """``sop-0.25``: how DVC's matrix renders the cell (Python's str of the fraction)."""
-    return f"{init}-{float(fraction)}"
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell, as the finetune and evaluate stages' matrix items name it."""
+
+    dataset: str
+    model: str  # <backbone>-<init>
+    fraction: float
+    seed: int
+
+    @property
+    def backbone(self) -> str:
+        return split_model(self.model)[0]
+
+    @property
+    def init(self) -> str:
+        return split_model(self.model)[1]
+
+    @property
+    def name(self) -> str:
+        """``vits14-sop-0.25-s0``; DVC renders the fraction as Python's str of the float."""
+        return f"{self.model}-{float(self.fraction)}-s{self.seed}"
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "backbone": self.backbone,
+            "init": self.init,
+            "fraction": float(self.fraction),
+            "seed": self.seed,
+        }
 
 
-def init_path(root: Path, backbone: str, init: str) -> Path:
-    return root / "models" / "init" / backbone / f"{init}.safetensors"
+def init_path(root: Path, model: str) -> Path:
+    return root / "models" / "init" / f"{model}.safetensors"
 
 
-def cell_dir(root: Path, params: Params, init: str, fraction: float) -> Path:
-    f = params.finetune
-    return root / "models" / "finetune" / f.dataset / f.backbone / cell_name(init, fraction)
+def cell_dir(root: Path, cell: Cell) -> Path:
+    return root / "models" / "finetune" / cell.dataset / cell.name
 
 
-def _cell_file(root: Path, kind: str, params: Params, cell: str, suffix: str) -> Path:
-    f = params.finetune
-    return root / kind / f.dataset / f.backbone / f"{cell}{suffix}"
+def finetune_metrics_path(root: Path, cell: Cell) -> Path:
+    return root / "metrics" / "finetune" / cell.dataset / f"{cell.name}.json"
 
 
-def finetune_metrics_path(root: Path, params: Params, init: str, fraction: float) -> Path:
-    return _cell_file(root, "metrics/finetune", params, cell_name(init, fraction), ".json")
+def finetune_curve_path(root: Path, cell: Cell) -> Path:
+    return root / "plots" / "finetune" / cell.dataset / f"{cell.name}.csv"
 
 
-def finetune_curve_path(root: Path, params: Params, init: str, fraction: float) -> Path:
-    return _cell_file(root, "plots/finetune", params, cell_name(init, fraction), ".csv")
+def evaluate_metrics_path(root: Path, cell: Cell) -> Path:
+    return root / "metrics" / "evaluate" / cell.dataset / f"{cell.name}.json"
 
 
-def evaluate_metrics_path(root: Path, params: Params, init: str, fraction: float) -> Path:
-    return _cell_file(root, "metrics/evaluate", params, cell_name(init, fraction), ".json")
-
-
-def confusion_path(root: Path, params: Params, init: str, fraction: float, suffix: str) -> Path:
-    return _cell_file(root, "reports/confusion", params, cell_name(init, fraction), suffix)
+def confusion_path(root: Path, cell: Cell, suffix: str) -> Path:
+    return root / "reports" / "confusion" / cell.dataset / f"{cell.name}{suffix}"
 
 
 # --- what each stage reads (its DVC params; tests/test_dvc_declarations.py holds them equal) --
 
 
-def weights_section(params: Params, init: str) -> dict[str, Any]:
+def weights_section(params: Params, model: str) -> dict[str, Any]:
     f = params.finetune
-    return {
+    init = split_model(model)[1]
+    section: dict[str, Any] = {
         "seed": params.seed,
         "finetune": {
-            "init": init,
-            "backbone": f.backbone,
+            "model": model,
             "input_size": f.input_size,
-            "weights_file": f.weights_file.get(init),
+            "weights_file": f.weights_file.get(base_init(init)),
         },
     }
+    if base_init(init) == "sop":
+        section["pretrain"] = {"pretext_variant": sop_variant(init, params.pretrain)}
+    return section
 
 
 FINETUNE_KEYS = (
-    "dataset",
-    "backbone",
     "input_size",
     "epochs",
     "batch_size",
@@ -130,65 +156,69 @@ FINETUNE_KEYS = (
     "window_overlap",
     "convergence_threshold",
 )
-EVALUATE_KEYS = ("dataset", "backbone", "input_size", "window_overlap")
+EVALUATE_KEYS = ("input_size", "window_overlap")
 
 
-def finetune_section(params: Params, init: str, fraction: float) -> dict[str, Any]:
+def finetune_section(params: Params, cell: Cell) -> dict[str, Any]:
     f = params.finetune.model_dump(mode="json")
     section = {k: f[k] for k in FINETUNE_KEYS}
     section |= {
-        "init": init,
-        "fraction": fraction,
-        "normalisation": params.finetune.normalisation_of(init),
+        "dataset": cell.dataset,
+        "model": cell.model,
+        "fraction": float(cell.fraction),
+        "seed": cell.seed,
+        "normalisation": params.finetune.normalisation_of(cell.init),
     }
-    return {"seed": params.seed, "finetune": section, "compute": params.compute.model_dump()}
+    return {"finetune": section, "compute": params.compute.model_dump()}
 
 
-def evaluate_section(params: Params, init: str, fraction: float) -> dict[str, Any]:
+def evaluate_section(params: Params, cell: Cell) -> dict[str, Any]:
     f = params.finetune.model_dump(mode="json")
     section = {k: f[k] for k in EVALUATE_KEYS}
     section |= {
-        "init": init,
-        "fraction": fraction,
-        "normalisation": params.finetune.normalisation_of(init),
+        "dataset": cell.dataset,
+        "model": cell.model,
+        "fraction": float(cell.fraction),
+        "seed": cell.seed,
+        "normalisation": params.finetune.normalisation_of(cell.init),
     }
     return {"finetune": section, "compute.device": params.compute.device}
 
 
-def _check_cell(params: Params, init: str) -> None:
+def _check_cell(params: Params, cell: Cell) -> None:
     f = params.finetune
-    if init not in f.inits:
-        raise ParamsError(f"finetune.inits: {init!r} is not one of {f.inits}")
-    if f.dataset not in params.data.datasets:
+    if cell.model not in f.models:
+        raise ParamsError(f"finetune.models: {cell.model!r} is not one of {f.models}")
+    if cell.dataset not in f.datasets:
+        raise ParamsError(f"finetune.datasets: {cell.dataset!r} is not one of {f.datasets}")
+    if cell.dataset not in params.data.datasets:
         raise ParamsError(
-            f"finetune.dataset: {f.dataset!r} is not in data.datasets {params.data.datasets}"
+            f"finetune.datasets: {cell.dataset!r} is not in data.datasets {params.data.datasets}"
         )
 
 
 # --- weights ---------------------------------------------------------------------------------
 
 
-@flow(name="weights", flow_run_name="weights-{init}", log_prints=True)
-def weights_flow(init: str, params: Params, root: Path) -> dict[str, Any]:
-    """Materialise ``init``'s encoder for ``finetune.backbone`` as a strict-loading file."""
+@flow(name="weights", flow_run_name="weights-{model}", log_prints=True)
+def weights_flow(model: str, params: Params, root: Path) -> dict[str, Any]:
+    """Materialise ``model``'s starting encoder (``<backbone>-<init>``) as a strict-loading
+    file."""
     f = params.finetune
-    if init not in f.inits:
-        raise ParamsError(f"finetune.inits: {init!r} is not one of {f.inits}")
-    backbone = f.backbone
-    sop_encoder = pretrain_dir(root, backbone) / ENCODER_FILE
-    if init == "sop" and backbone not in params.pretrain.backbones:
-        raise ParamsError(
-            f"finetune.inits: sop needs {backbone} in pretrain.backbones "
-            f"{params.pretrain.backbones} (the SOP init is its pretrain stage's encoder)"
-        )
-    weights_file = f.weights_file.get(init)
-    out = init_path(root, backbone, init)
+    if model not in f.models:
+        raise ParamsError(f"finetune.models: {model!r} is not one of {f.models}")
+    backbone, init = split_model(model)
+    kind = base_init(init)
+    sop_name = f"{backbone}-{sop_variant(init, params.pretrain)}" if kind == "sop" else None
+    sop_encoder = pretrain_dir(root, sop_name or backbone) / ENCODER_FILE
+    weights_file = f.weights_file.get(kind)
+    out = init_path(root, model)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tracked_run("weights", params, root, f"{backbone}-{init}", weights_section(params, init)):
+    with tracked_run("weights", params, root, model, weights_section(params, model)):
         import mlflow
 
         state, source = init_state(
-            init,
+            kind,
             backbone,
             weights_file=Path(weights_file) if weights_file else None,
             sop_encoder=sop_encoder,
@@ -201,12 +231,13 @@ def weights_flow(init: str, params: Params, root: Path) -> dict[str, Any]:
         encoder = create_backbone(backbone, f.input_size)
         report = None if state is None else load_init(encoder, backbone, state, source)
         save_encoder(encoder, out, {"init": init, "backbone": backbone})
-        own = INITS[init].normalisation
+        own = INITS[kind].normalisation
         provenance = {
+            "model": model,
             "init": init,
             "backbone": backbone,
             "source": source,
-            "description": INITS[init].description,
+            "description": INITS[kind].description,
             "sha256": file_digest(out, "sha256"),
             "loaded_tensors": None if report is None else report.loaded,
             "missing_keys": [] if report is None else list(report.missing),
@@ -214,9 +245,9 @@ def weights_flow(init: str, params: Params, root: Path) -> dict[str, Any]:
             "own_normalisation": {"mean": list(own.mean), "std": list(own.std)},
             "input_size": f.input_size,
         }
-        if init == "sop":
+        if sop_name is not None:
             provenance["pretrain_provenance"] = _read_json(
-                pretrain_dir(root, backbone) / "provenance.json"
+                pretrain_dir(root, sop_name) / "provenance.json"
             )
         write_json(out.with_suffix(".json"), provenance)
         mlflow.log_dict(provenance, "weights.json")
@@ -236,10 +267,8 @@ def _read_json(path: Path) -> Any:
 # --- finetune --------------------------------------------------------------------------------
 
 
-def finetune_fingerprint(
-    params: Params, init: str, fraction: float, index_sha256: str, weights_sha256: str
-) -> str:
-    section = finetune_section(params, init, fraction)
+def finetune_fingerprint(params: Params, cell: Cell, index_sha256: str, weights_sha256: str) -> str:
+    section = finetune_section(params, cell)
     section.pop("compute")
     section["compute.device"] = params.compute.device
     text = json.dumps(
@@ -248,35 +277,38 @@ def finetune_fingerprint(
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-@flow(name="finetune", flow_run_name="finetune-{init}-{fraction}", log_prints=True)
-def finetune_flow(init: str, fraction: float, params: Params, root: Path) -> dict[str, Any]:
-    """Fine-tune ``finetune.backbone`` from ``init`` on ``fraction`` of the training labels."""
-    _check_cell(params, init)
+@flow(name="finetune", flow_run_name="finetune-{cell.dataset}-{cell.name}", log_prints=True)
+def finetune_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
+    """Fine-tune the cell's backbone from its init on its fraction of the training labels."""
+    _check_cell(params, cell)
     f = params.finetune
-    tiles = tiles_dir(root, f.dataset)
+    tiles = tiles_dir(root, cell.dataset)
     if not (tiles / tile_store.INDEX_FILE).exists():
-        raise DataError(f"{tiles}: no tile store; run the tile stage for {f.dataset} first")
-    weights = init_path(root, f.backbone, init)
+        raise DataError(f"{tiles}: no tile store; run the tile stage for {cell.dataset} first")
+    weights = init_path(root, cell.model)
     if not weights.exists():
-        raise DataError(f"{weights}: no starting weights; run `dvc repro weights@{init}` first")
+        raise DataError(
+            f"{weights}: no starting weights; run `dvc repro weights@{cell.model}` first"
+        )
     index_sha256 = tile_store.index_hash(tiles)
-    cell = cell_name(init, fraction)
     weights_sha256 = file_digest(weights, "sha256")
-    key = finetune_fingerprint(params, init, fraction, index_sha256, weights_sha256)
-    stem = f"finetune-{f.dataset}-{f.backbone}-{cell}"
-    checkpoints = root / ".sop" / "checkpoints" / f"{stem}-{key}"
+    key = finetune_fingerprint(params, cell, index_sha256, weights_sha256)
+    checkpoints = root / ".sop" / "checkpoints" / f"finetune-{cell.dataset}-{cell.name}-{key}"
     checkpoints.mkdir(parents=True, exist_ok=True)
-    out = cell_dir(root, params, init, fraction)
+    out = cell_dir(root, cell)
     out.mkdir(parents=True, exist_ok=True)
-    section = finetune_section(params, init, fraction)
-    with tracked_run("finetune", params, root, cell, section, index_sha256) as run:
+    section = finetune_section(params, cell)
+    run_name = f"{cell.dataset}-{cell.name}"
+    with tracked_run("finetune", params, root, run_name, section, index_sha256) as run:
         import mlflow
 
         (checkpoints / "params.resolved.yaml").write_text(params_to_yaml(params))
         job = FinetuneJob(
             params_file=checkpoints / "params.resolved.yaml",
-            init=init,
-            fraction=float(fraction),
+            backbone=cell.backbone,
+            init=cell.init,
+            fraction=float(cell.fraction),
+            seed=cell.seed,
             init_weights=weights,
             store_dir=tiles,
             out_dir=out,
@@ -288,6 +320,7 @@ def finetune_flow(init: str, fraction: float, params: Params, root: Path) -> dic
         history = result["history"]
         best = next(row for row in history if int(row["epoch"]) == result["best_epoch"])
         metrics = {
+            **cell.identity(),
             "best_val_miou": best["val_miou"],
             "best_epoch": result["best_epoch"],
             "convergence_epoch": result["convergence_epoch"],
@@ -302,11 +335,9 @@ def finetune_flow(init: str, fraction: float, params: Params, root: Path) -> dic
             "processes": result["processes"],
         }
         run_record = {
-            "cell": cell,
-            "dataset": f.dataset,
-            "backbone": f.backbone,
-            "init": init,
-            "fraction": float(fraction),
+            "cell": cell.name,
+            "model": cell.model,
+            **cell.identity(),
             "weights": BEST_WEIGHTS_FILE,
             "weights_sha256": file_digest(out / BEST_WEIGHTS_FILE, "sha256"),
             "init_weights_sha256": weights_sha256,
@@ -317,8 +348,8 @@ def finetune_flow(init: str, fraction: float, params: Params, root: Path) -> dic
             "metrics": metrics,
         }
         write_json(out / RUN_FILE, run_record)
-        write_json(finetune_metrics_path(root, params, init, fraction), metrics)
-        curve = finetune_curve_path(root, params, init, fraction)
+        write_json(finetune_metrics_path(root, cell), metrics)
+        curve = finetune_curve_path(root, cell)
         write_curve(curve, history)
         mlflow.log_metrics(
             {f"final.{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
@@ -328,7 +359,8 @@ def finetune_flow(init: str, fraction: float, params: Params, root: Path) -> dic
     drop_other_fingerprints(checkpoints)
     converged = metrics["convergence_epoch"]
     print(
-        f"{cell}: best val mIoU {metrics['best_val_miou']:.3f} at epoch {metrics['best_epoch']}; "
+        f"{run_name}: best val mIoU {metrics['best_val_miou']:.3f} "
+        f"at epoch {metrics['best_epoch']}; "
         + (
             f"reached {f.convergence_threshold:g} at epoch {converged}"
             if converged is not None
@@ -354,31 +386,31 @@ def evaluation_rows(
     return "val", rows, NO_TEST_LABELS.format(dataset=dataset)
 
 
-@flow(name="evaluate", flow_run_name="evaluate-{init}-{fraction}", log_prints=True)
-def evaluate_flow(init: str, fraction: float, params: Params, root: Path) -> dict[str, Any]:
+@flow(name="evaluate", flow_run_name="evaluate-{cell.dataset}-{cell.name}", log_prints=True)
+def evaluate_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
     """The best-validation checkpoint of a cell on the test split, whole tiles."""
-    _check_cell(params, init)
+    _check_cell(params, cell)
     f = params.finetune
-    out = cell_dir(root, params, init, fraction)
+    out = cell_dir(root, cell)
     if not (out / RUN_FILE).exists():
         raise DataError(f"{out / RUN_FILE}: not fine-tuned yet; run the finetune stage first")
     record = json.loads((out / RUN_FILE).read_text())
-    tiles = tiles_dir(root, f.dataset)
+    tiles = tiles_dir(root, cell.dataset)
     store = tile_store.TileStore(tiles)
     meta = store.meta
-    split, rows, note = evaluation_rows(store, f.dataset)
+    split, rows, note = evaluation_rows(store, cell.dataset)
     device = torch.device(resolve_device(params))
-    model = create_segmenter(f.backbone, len(meta.class_names), f.input_size)
+    model = create_segmenter(cell.backbone, len(meta.class_names), f.input_size)
     model.load_state_dict(load_file(out / BEST_WEIGHTS_FILE))
     model.to(device)
-    task = SegmentationTask.for_store(model, meta, init, f)
-    cell = cell_name(init, fraction)
+    task = SegmentationTask.for_store(model, meta, base_init(cell.init), f)
+    run_name = f"{cell.dataset}-{cell.name}"
     with tracked_run(
         "evaluate",
         params,
         root,
-        cell,
-        evaluate_section(params, init, fraction),
+        run_name,
+        evaluate_section(params, cell),
         record.get("tile_index_sha256"),
     ):
         import mlflow
@@ -389,6 +421,7 @@ def evaluate_flow(init: str, fraction: float, params: Params, root: Path) -> dic
         matrix = task.validation_sums(model, loader, device)["confusion"].cpu()
         figures = task.summarise({"confusion": matrix}, prefix="test")
         metrics: dict[str, Any] = {
+            **cell.identity(),
             **figures,
             "split": split,
             "tiles": len(rows),
@@ -407,19 +440,17 @@ def evaluate_flow(init: str, fraction: float, params: Params, root: Path) -> dic
             "columns": "predicted class",
             "matrix": matrix.tolist(),
         }
-        write_json(evaluate_metrics_path(root, params, init, fraction), metrics)
-        json_file = confusion_path(root, params, init, fraction, ".json")
-        png_file = confusion_path(root, params, init, fraction, ".png")
+        write_json(evaluate_metrics_path(root, cell), metrics)
+        json_file = confusion_path(root, cell, ".json")
+        png_file = confusion_path(root, cell, ".png")
         write_json(json_file, confusion)
-        plot_confusion(
-            matrix, meta.class_names, png_file, title=f"{f.dataset} {f.backbone} {cell} ({split})"
-        )
+        plot_confusion(matrix, meta.class_names, png_file, title=f"{run_name} ({split})")
         numbers = {k: float(v) for k, v in figures.items() if v == v}  # NaN: class absent
         mlflow.log_metrics(numbers)
         mlflow.log_artifact(str(json_file))
         mlflow.log_artifact(str(png_file))
         _add_to_finetune_run(record["mlflow_run_id"], numbers, [json_file, png_file], split, note)
-    message = f"{cell}: {split} mIoU {figures['test_miou']:.3f} over {len(rows)} tiles"
+    message = f"{run_name}: {split} mIoU {figures['test_miou']:.3f} over {len(rows)} tiles"
     print(message + (f" ({note})" if note else ""))
     return metrics
 

@@ -1,14 +1,16 @@
-"""The pretrain stage's flow: the overlap task on one dataset's tile store, for one backbone.
+"""The pretrain stage's flow: the overlap task on one dataset's tile store, for one backbone and
+one pretext variant (subimage size, colour jitter), named ``<backbone>-<subimage>-<jitter>``
+(``vits14-112-0.0``) like its DVC stage ``pretrain@vits14-112-0.0``.
 
 Outputs (DVC tracks them):
-- ``models/pretrain/<backbone>/encoder.safetensors``: the kept encoder (the ViT, or the ResNet's
+- ``models/pretrain/<name>/encoder.safetensors``: the kept encoder (the ViT, or the ResNet's
   source encoder A); no decoder, no subimage encoder;
-- ``models/pretrain/<backbone>/provenance.json``: params, tile-index hash, git commit, final
+- ``models/pretrain/<name>/provenance.json``: params, tile-index hash, git commit, final
   pretext validation metrics, MLflow run id, the encoder's sha256;
-- ``metrics/pretrain/<backbone>.json``: the final metrics (a DVC metrics file);
-- ``plots/pretrain/<backbone>.csv``: the per-epoch curves (a DVC plot).
+- ``metrics/pretrain/<name>.json``: the final metrics (a DVC metrics file);
+- ``plots/pretrain/<name>.csv``: the per-epoch curves (a DVC plot).
 
-Checkpoints live in ``.sop/checkpoints/pretrain-<backbone>-<fingerprint>``: the fingerprint
+Checkpoints live in ``.sop/checkpoints/pretrain-<name>-<fingerprint>``: the fingerprint
 covers everything that changes the result (params, seed, tile index), so a killed stage resumes
 where it stopped and a changed one starts afresh instead of resuming someone else's run.
 """
@@ -23,7 +25,7 @@ from typing import Any
 from prefect import flow
 
 from pipeline import tracking
-from pipeline.config import Params, params_to_yaml
+from pipeline.config import Params, params_to_yaml, pretext_variant
 from pipeline.data import store
 from pipeline.data.download import file_digest
 from pipeline.errors import DataError
@@ -43,16 +45,21 @@ PROVENANCE_FILE = "provenance.json"
 KEPT_ENCODER = {"vit": "the ViT backbone", "resnet": "encoder A (source)"}
 
 
-def model_dir(root: Path, backbone: str) -> Path:
-    return root / "models" / "pretrain" / backbone
+def pretrain_name(backbone: str, subimage_size: int, color_jitter: float) -> str:
+    """``vits14-112-0.0``: the stage's matrix item and the name of its outputs."""
+    return f"{backbone}-{pretext_variant(subimage_size, color_jitter)}"
 
 
-def metrics_path(root: Path, backbone: str) -> Path:
-    return root / "metrics" / "pretrain" / f"{backbone}.json"
+def model_dir(root: Path, name: str) -> Path:
+    return root / "models" / "pretrain" / name
 
 
-def curve_path(root: Path, backbone: str) -> Path:
-    return root / "plots" / "pretrain" / f"{backbone}.csv"
+def metrics_path(root: Path, name: str) -> Path:
+    return root / "metrics" / "pretrain" / f"{name}.json"
+
+
+def curve_path(root: Path, name: str) -> Path:
+    return root / "plots" / "pretrain" / f"{name}.csv"
 
 
 def checkpoint_root(root: Path) -> Path:
@@ -60,10 +67,14 @@ def checkpoint_root(root: Path) -> Path:
 
 
 def section_for(params: Params, backbone: str) -> dict[str, Any]:
-    """The params the pretrain stage of ``backbone`` reads (what DVC declares for it)."""
+    """The params the pretrain stage of ``backbone`` reads (what DVC declares for it), for the
+    pretext variant ``params`` holds (:meth:`Params.for_pretext`)."""
     pretrain = params.pretrain.model_dump(mode="json")
-    pretrain.pop("backbones")
+    for axis in ("backbones", "subimage_sizes", "color_jitters"):  # the matrix's, in the cmd
+        pretrain.pop(axis)
     pretrain["backbone"] = backbone
+    pretrain["subimage_size"] = params.pretrain.subimage_size
+    pretrain["color_jitter"] = params.pretrain.color_jitter
     pretrain["weights_file"] = params.pretrain.weights_file.get(backbone)
     return {"seed": params.seed, "pretrain": pretrain, "compute": params.compute.model_dump()}
 
@@ -77,11 +88,26 @@ def fingerprint(params: Params, backbone: str, index_sha256: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-@flow(name="pretrain", flow_run_name="pretrain-{backbone}", log_prints=True)
-def pretrain_flow(backbone: str, params: Params, root: Path) -> dict[str, Any]:
-    """Pretrain ``backbone`` on the overlap task and export its encoder."""
-    if backbone not in params.pretrain.backbones:
-        raise DataError(f"pretrain.backbones: {backbone!r} is not one of them")
+@flow(
+    name="pretrain",
+    flow_run_name="pretrain-{backbone}-{subimage_size}-{color_jitter}",
+    log_prints=True,
+)
+def pretrain_flow(
+    backbone: str, subimage_size: int, color_jitter: float, params: Params, root: Path
+) -> dict[str, Any]:
+    """Pretrain ``backbone`` on the overlap task with one pretext variant; export its encoder."""
+    p = params.pretrain
+    if backbone not in p.backbones:
+        raise DataError(f"pretrain.backbones: {backbone!r} is not one of {p.backbones}")
+    if subimage_size not in p.subimage_sizes:
+        raise DataError(
+            f"pretrain.subimage_sizes: {subimage_size} is not one of {p.subimage_sizes}"
+        )
+    if float(color_jitter) not in p.color_jitters:
+        raise DataError(f"pretrain.color_jitters: {color_jitter} is not one of {p.color_jitters}")
+    params = params.for_pretext(subimage_size, color_jitter)
+    name = pretrain_name(backbone, subimage_size, color_jitter)
     dataset = params.pretrain.dataset
     if dataset not in params.data.datasets:
         # Checked here, not on loading: params that only download or tile need not name it.
@@ -93,12 +119,12 @@ def pretrain_flow(backbone: str, params: Params, root: Path) -> dict[str, Any]:
         raise DataError(f"{tiles}: no tile store; run the tile stage for {dataset} first")
     index_sha256 = store.index_hash(tiles)
     key = fingerprint(params, backbone, index_sha256)
-    checkpoints = checkpoint_root(root) / f"pretrain-{backbone}-{key}"
+    checkpoints = checkpoint_root(root) / f"pretrain-{name}-{key}"
     checkpoints.mkdir(parents=True, exist_ok=True)
-    out = model_dir(root, backbone)
+    out = model_dir(root, name)
     out.mkdir(parents=True, exist_ok=True)
     with tracked_run(
-        "pretrain", params, root, backbone, section_for(params, backbone), index_sha256
+        "pretrain", params, root, name, section_for(params, backbone), index_sha256
     ) as run:
         import mlflow
 
@@ -118,6 +144,7 @@ def pretrain_flow(backbone: str, params: Params, root: Path) -> dict[str, Any]:
         commit, dirty = tracking.git_state(Path(__file__).resolve().parent)
         provenance = {
             "backbone": backbone,
+            "pretext_variant": pretext_variant(subimage_size, color_jitter),
             "encoder": ENCODER_FILE,
             "encoder_sha256": file_digest(out / ENCODER_FILE, "sha256"),
             "kept": KEPT_ENCODER[BACKBONES[backbone].family],
@@ -139,14 +166,14 @@ def pretrain_flow(backbone: str, params: Params, root: Path) -> dict[str, Any]:
             "peak_memory_mb": result["peak_memory_mb"],
             "processes": result["processes"],
         }
-        write_json(metrics_path(root, backbone), metrics)
-        write_curve(curve_path(root, backbone), result["history"])
+        write_json(metrics_path(root, name), metrics)
+        write_curve(curve_path(root, name), result["history"])
         mlflow.log_metrics({f"final.{k}": float(v) for k, v in metrics.items()})
         mlflow.log_artifact(str(out / PROVENANCE_FILE))
-        mlflow.log_artifact(str(curve_path(root, backbone)))
+        mlflow.log_artifact(str(curve_path(root, name)))
     drop_other_fingerprints(checkpoints)
     print(
-        f"{backbone}: val IoU {final['val_iou']:.3f}, box IoU {final['val_box_iou']:.3f}, "
+        f"{name}: val IoU {final['val_iou']:.3f}, box IoU {final['val_box_iou']:.3f}, "
         f"centred-box baseline {final['baseline_iou']:.3f} -> {out / ENCODER_FILE}"
     )
     return metrics

@@ -18,10 +18,7 @@ def results_dir(root: Path) -> Path:
 
 def report_section(params: Params) -> dict[str, Any]:
     """The params the report reads (what DVC declares for it)."""
-    return {
-        "seed": params.seed,
-        "finetune": {"convergence_threshold": params.finetune.convergence_threshold},
-    }
+    return {"finetune": {"convergence_threshold": params.finetune.convergence_threshold}}
 
 
 @flow(name="report", flow_run_name="report", log_prints=True)
@@ -31,7 +28,7 @@ def report_flow(params: Params, root: Path) -> dict[str, Path]:
     with tracked_run("report", params, root, "report", report_section(params)):
         import mlflow
 
-        paths = write_report(root, out, params.seed, params.finetune.convergence_threshold)
+        paths = write_report(root, out, params.finetune.convergence_threshold)
         for path in paths.values():
             mlflow.log_artifact(str(path))
     print(f"report: {paths['report']} (results table: {paths['results']})")

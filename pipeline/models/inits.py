@@ -322,6 +322,11 @@ def _read_local(spec: InitSpec, path: Path) -> dict[str, Tensor]:
         raise WeightsError(f"{spec.param}: {exc}") from None
 
 
+def _stage_item(sop_encoder: Path | None, backbone: str) -> str:
+    """The pretrain stage's matrix item: the encoder's folder name."""
+    return sop_encoder.parent.name if sop_encoder is not None else backbone
+
+
 def init_state(
     init: str,
     backbone: str,
@@ -351,7 +356,8 @@ def init_state(
         if sop_encoder is None or not sop_encoder.is_file():
             raise WeightsError(
                 f"sop: no pretrained encoder for {backbone} at {sop_encoder}; run the pretrain "
-                f"stage for it (dvc repro pretrain@{backbone}) or set {spec.param}"
+                f"stage for it (dvc repro pretrain@{_stage_item(sop_encoder, backbone)}) or set "
+                f"{spec.param}"
             )
         return read_state_dict(sop_encoder), f"sop: {sop_encoder}"
     if spec.kind == "url":

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.config import FinetuneParams, load_params
+from pipeline.config import FinetuneParams, base_init, load_params
 from pipeline.data.store import StoreMeta, TileStore
 from pipeline.errors import DataError, ParamsError
 from pipeline.models.inits import Normalisation, load_init, normalisation_for
@@ -164,7 +164,7 @@ class SegmentationTask:
             meta.class_names,
             meta.ignore_index,
             classes_in_mean(len(meta.class_names), meta.ignore_index, meta.evaluated_classes),
-            normalisation_for(init, params.normalisation_of(init)),
+            normalisation_for(base_init(init), params.normalisation_of(init)),
             params.input_size,
             params.window_overlap,
         )
@@ -250,8 +250,10 @@ def convergence_epoch(
 @dataclass(frozen=True)
 class FinetuneJob(JobFile):
     params_file: Path
+    backbone: str
     init: str
     fraction: float
+    seed: int  # the cell's: decoder weights, data order and augmentation
     init_weights: Path  # the weights stage's encoder state dict, in the backbone's layout
     store_dir: Path
     out_dir: Path  # best.safetensors and result.json
@@ -286,15 +288,15 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
     if len(val_rows) == 0:
         raise DataError(f"{job.store_dir}: no val tiles to select the best epoch on")
     # The same decoder weights for every init, on every rank and in every resumed run.
-    torch.manual_seed(params.seed)
-    model = create_segmenter(f.backbone, len(meta.class_names), f.input_size)
-    report = load_init(model.encoder, f.backbone, read_state_dict(job.init_weights), job.init)
+    torch.manual_seed(job.seed)
+    model = create_segmenter(job.backbone, len(meta.class_names), f.input_size)
+    report = load_init(model.encoder, job.backbone, read_state_dict(job.init_weights), job.init)
     task = SegmentationTask.for_store(model, meta, job.init, f)
-    settings = engine_settings(params, job.checkpoint_dir, f, best_metric="val_miou")
+    settings = engine_settings(params, job.checkpoint_dir, f, best_metric="val_miou", seed=job.seed)
     augment = training_augmentation(f.input_size, f.flips, f.rot90)
     result = fit(
         task,
-        SegmentationTiles(store, train_rows, augment, seed=params.seed),
+        SegmentationTiles(store, train_rows, augment, seed=job.seed),
         SegmentationTiles(store, val_rows),
         settings,
         on_epoch=epoch_logger(job.tracking_uri, job.run_id) if context.is_main else None,

@@ -72,7 +72,10 @@ def engine_settings(
     checkpoint_dir: Path,
     section: PretrainParams | FinetuneParams | None = None,
     best_metric: str | None = None,
+    seed: int | None = None,
 ) -> EngineSettings:
+    """The engine's settings from a params section; ``seed`` (a grid cell's) overrides
+    ``params.seed``."""
     p, compute = section or params.pretrain, params.compute
     return EngineSettings(
         epochs=p.epochs,
@@ -81,7 +84,7 @@ def engine_settings(
         lr_head=p.lr_head,
         weight_decay=p.weight_decay,
         warmup_epochs=p.warmup_epochs,
-        seed=params.seed,
+        seed=params.seed if seed is None else seed,
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=compute.checkpoint_every,
         compile=compute.compile,

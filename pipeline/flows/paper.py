@@ -1,0 +1,215 @@
+"""The ``paper`` flow: one ``dvc repro`` of a project as one Prefect flow run and one MLflow
+parent run.
+
+DVC runs each stage as its own process (``python ../stages/<stage>.py``), which runs its own
+flow and logs its own MLflow run. While this flow runs, those processes report to its Prefect
+API (no temporary server each) and their runs are children of its parent run
+(``SOP_PARENT_RUN_ID``, see :mod:`pipeline.tracking`). ``prefect.yaml`` deploys this flow.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from pipeline import tracking
+from pipeline.config import load_params
+from pipeline.env import apply_env_defaults
+from pipeline.errors import PipelineError
+from pipeline.flows.common import api_for_subprocesses
+
+PARAMS_FILE = "params.yaml"
+DVC_FILE = "dvc.yaml"
+RESULTS_DIR = "results"
+CHECKOUT_ENV = "SOP_CHECKOUT"
+DEFAULT_CHECKOUT = "/work"  # where the Dockerfile's image expects the project
+
+
+def project_dir(project: str | Path) -> Path:
+    """The project folder (the one with params.yaml and dvc.yaml); a file in it names it too."""
+    path = Path(project).expanduser().resolve()
+    if path.is_file():
+        path = path.parent
+    missing = [name for name in (PARAMS_FILE, DVC_FILE) if not (path / name).is_file()]
+    if missing:
+        raise PipelineError(
+            f"{path}: no {' or '.join(missing)}; the project is the folder that holds "
+            f"{PARAMS_FILE} and {DVC_FILE} (the repository, or demo/)"
+        )
+    return path
+
+
+def dvc_env() -> dict[str, str]:
+    """DVC's environment: this interpreter's folder first on PATH, so that the stages'
+    ``python`` is this one (a worker need not have the venv on its PATH)."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH")
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{path}" if path else bin_dir}
+
+
+def run_dvc(root: Path, *args: str) -> None:
+    """``dvc ARGS`` in ``root``, its output streamed through; a failure raises one line."""
+    shown = " ".join(["dvc", *args])
+    print(f"{root}$ {shown}", flush=True)
+    code = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=root, env=dvc_env(), check=False
+    ).returncode
+    if code != 0:
+        raise PipelineError(f"`{shown}` exited with {code} in {root}; its error is above")
+
+
+def parse_remotes(listing: str) -> list[str]:
+    """Remote names from ``dvc remote list`` (a ``name<TAB>url`` line per remote)."""
+    return [line.split()[0] for line in listing.splitlines() if line.strip()]
+
+
+def dvc_remotes(root: Path) -> list[str]:
+    """The project's DVC remotes (every config level), as ``dvc remote list`` names them."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "remote", "list"],
+        cwd=root,
+        # DVC wraps its table at the terminal's width (80 columns when captured).
+        env={**dvc_env(), "COLUMNS": "100000"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        raise PipelineError(
+            f"`dvc remote list` exited with {result.returncode} in {root}"
+            + (f": {lines[-1]}" if lines else "")
+        )
+    return parse_remotes(result.stdout)
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else math.nan
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def results_metrics(table: Path) -> dict[str, float]:
+    """Headline figures of the report's results.csv: cells, mean and best test mIoU, mean best
+    validation mIoU (empty or NaN entries skipped)."""
+    with open(table, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    metrics = {"results.cells": float(len(rows))}
+    for column in ("test_miou", "best_val_miou"):
+        values = [v for row in rows if (v := _number(row.get(column))) is not None]
+        if values:
+            metrics[f"results.{column}_mean"] = sum(values) / len(values)
+            metrics[f"results.{column}_max"] = max(values)
+    return metrics
+
+
+def report_files(root: Path) -> list[Path]:
+    """What of the report stage's outputs exists, and the project's params file."""
+    results = root / RESULTS_DIR
+    candidates = [
+        results / "report.md",
+        results / "results.csv",
+        *sorted(results.glob("*.png")),
+        root / PARAMS_FILE,
+    ]
+    return [path for path in candidates if path.is_file()]
+
+
+def log_outputs(client: Any, run_id: str, root: Path) -> tuple[list[str], dict[str, float]]:
+    """Log :func:`report_files` as artifacts (paths as in the project) and results.csv's
+    figures as metrics to ``run_id``; return both."""
+    logged = []
+    for path in report_files(root):
+        relative = path.relative_to(root)
+        folder = relative.parent.as_posix()
+        client.log_artifact(run_id, str(path), None if folder == "." else folder)
+        logged.append(relative.as_posix())
+    table = root / RESULTS_DIR / "results.csv"
+    metrics = results_metrics(table) if table.is_file() else {}
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    return logged, metrics
+
+
+def use_checkout(variable: str = CHECKOUT_ENV, default: str = DEFAULT_CHECKOUT) -> dict[str, str]:
+    """Deployment pull step: run in the checkout named by ``$SOP_CHECKOUT`` (default
+    ``/work``) on the worker's machine, where the code, data and DVC cache already are."""
+    directory = Path(os.environ.get(variable) or default).expanduser()
+    if not directory.is_dir():
+        raise PipelineError(
+            f"{directory}: no such folder (${variable}, default {default}); set {variable} on "
+            "the worker to the repository checkout"
+        )
+    os.chdir(directory)
+    return {"directory": str(directory.resolve())}
+
+
+def _flow_run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.id
+    return str(run_id) if run_id else None
+
+
+@flow(name="paper", log_prints=True)
+def paper_flow(
+    project: str = ".",
+    targets: list[str] | None = None,
+    push: bool | None = None,
+    glob: bool = False,
+) -> dict[str, Any]:
+    """Reproduce ``project``'s DVC pipeline under one MLflow parent run.
+
+    ``targets``: DVC stages to reproduce (default: all); with ``glob``, patterns such as
+    ``finetune@loveda-*`` (a machine's share of the grid). ``push``: ``dvc push`` afterwards;
+    None pushes when the project has a DVC remote. The report's outputs and params.yaml are
+    logged to the parent run.
+    """
+    root = project_dir(project)
+    apply_env_defaults(root)
+    params = load_params(root / PARAMS_FILE)
+    chosen: Sequence[str] = list(targets or [])
+    uri = tracking.tracking_uri(root)
+    import mlflow
+
+    with (
+        tracking.parent_run(
+            root, targets=chosen, experiment_prefix=params.tracking.experiment_prefix
+        ) as run,
+        api_for_subprocesses(),
+    ):
+        run_id = run.info.run_id
+        client = mlflow.MlflowClient(uri)
+        prefect_run = _flow_run_id()
+        if prefect_run:
+            client.set_tag(run_id, "prefect.flow_run_id", prefect_run)
+        print(f"MLflow parent run {run_id} ({run.info.run_name}) at {uri}")
+        run_dvc(root, "repro", *(["--glob"] if glob and chosen else []), *chosen)
+        if push is None:
+            remotes = dvc_remotes(root)
+            push = bool(remotes)
+            print(f"DVC remotes: {', '.join(remotes)}" if remotes else "no DVC remote: no push")
+        if push:
+            run_dvc(root, "push")
+        client.set_tag(run_id, "dvc.pushed", str(push).lower())
+        artifacts, metrics = log_outputs(client, run_id, root)
+    return {
+        "project": str(root),
+        "parent_run_id": run_id,
+        "experiment_id": run.info.experiment_id,
+        "targets": list(chosen),
+        "pushed": push,
+        "artifacts": artifacts,
+        "metrics": metrics,
+    }

@@ -1,0 +1,540 @@
+"""The ``paper`` flow: one MLflow parent run per ``dvc repro``, ``sop repro``, the Prefect
+deployment. Unit tests first; the slow tier runs DVC against real MLflow and Prefect servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pipeline import tracking
+from pipeline.cli import app
+from pipeline.errors import PipelineError
+from pipeline.flows import paper
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TARGETS = ["synth", "download@landcoverai"]
+STAMPED = re.compile(r"repro-\d{8}T\d{6}Z")
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def committed_repo(path: Path) -> str:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "code.py").write_text("x = 1\n")
+    git(path, "init", "-q")
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", "init")
+    return git(path, "rev-parse", "HEAD")
+
+
+# --- unit tests ---------------------------------------------------------------------------
+
+
+def test_parent_run_nests_stage_runs_and_restores_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commit = committed_repo(tmp_path)
+    monkeypatch.setenv(tracking.PARENT_RUN_ENV, "outer-run")  # restored, and not our parent
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    db = f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+    with tracking.parent_run(tmp_path, targets=TARGETS, experiment_prefix="sop-x") as parent:
+        parent_id = parent.info.run_id
+        assert os.environ[tracking.PARENT_RUN_ENV] == parent_id
+        assert os.environ["MLFLOW_TRACKING_URI"] == db  # what the stage processes inherit
+        with tracking.stage_run(
+            "tile", root=tmp_path, run_name="landcoverai", params={}, experiment_prefix="sop-x"
+        ) as child:
+            pass
+    assert os.environ[tracking.PARENT_RUN_ENV] == "outer-run"
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.delenv(tracking.PARENT_RUN_ENV)
+    with tracking.stage_run(
+        "tile", root=tmp_path, run_name="alone", params={}, experiment_prefix="sop-x"
+    ) as alone:
+        pass
+
+    client = mlflow.MlflowClient(db)
+    experiment = client.get_experiment_by_name("sop-x")
+    assert experiment is not None
+    assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
+    run = client.get_run(parent_id)
+    assert run.info.experiment_id == experiment.experiment_id
+    assert STAMPED.fullmatch(run.info.run_name)
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags["sop.stage"] == "grid"
+    assert tags["dvc.targets"] == "synth download@landcoverai"
+    assert tags["git.commit"] == commit
+    assert tags["git.dirty"] == "false"
+    assert "mlflow.parentRunId" not in tags
+    nested = client.get_run(child.info.run_id)
+    assert nested.info.experiment_id == experiment.experiment_id
+    assert nested.data.tags["mlflow.parentRunId"] == parent_id
+    # Without a parent, a stage run goes to its per-stage experiment, as before.
+    single = client.get_run(alone.info.run_id)
+    tile_experiment = client.get_experiment_by_name("sop-x-tile")
+    assert tile_experiment is not None
+    assert single.info.experiment_id == tile_experiment.experiment_id
+    assert "mlflow.parentRunId" not in single.data.tags
+
+
+def test_parent_run_fails_with_its_body(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
+    with (
+        pytest.raises(PipelineError, match="boom"),
+        tracking.parent_run(tmp_path, run_name="repro-x") as parent,
+    ):
+        raise PipelineError("boom")
+    assert tracking.PARENT_RUN_ENV not in os.environ
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(parent.info.run_id)
+    assert (run.info.run_name, run.info.status) == ("repro-x", "FAILED")
+    assert run.data.tags["dvc.targets"] == "(all)"
+    assert "git.commit" not in run.data.tags  # not a git repository
+
+
+def test_unknown_parent_run_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(tracking.PARENT_RUN_ENV, "0" * 32)
+    with (
+        pytest.raises(PipelineError, match=r"^SOP_PARENT_RUN_ID=0{32}: no such run at sqlite"),
+        tracking.stage_run("tile", root=tmp_path, run_name="x", params={}),
+    ):
+        pass
+
+
+def test_utc_stamp() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    local = datetime(2026, 1, 5, 15, 25, 1, tzinfo=timezone(timedelta(hours=1)))
+    assert tracking.utc_stamp(local) == "20260105T142501Z"
+
+
+def test_parse_remotes() -> None:
+    assert paper.parse_remotes("") == []
+    assert paper.parse_remotes("\n") == []
+    listing = "storage\ts3://bucket/sop\t(default)\nbackup\t/mnt/backup\n"
+    assert paper.parse_remotes(listing) == ["storage", "backup"]
+
+
+def test_project_dir(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    with pytest.raises(PipelineError, match=r"no dvc\.yaml; the project is the folder"):
+        paper.project_dir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    assert paper.project_dir(tmp_path) == tmp_path.resolve()
+    assert paper.project_dir(tmp_path / "params.yaml") == tmp_path.resolve()
+    with pytest.raises(PipelineError, match=r"no params\.yaml or dvc\.yaml"):
+        paper.project_dir(tmp_path / "elsewhere")
+
+
+def test_outputs_and_figures_logged_to_the_parent(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    (results / "report.md").write_text("# report\n")
+    (results / "results.csv").write_text(
+        "dataset,backbone,init,label_fraction,seed,best_val_miou,epoch_to_threshold,test_miou\n"
+        "landcoverai,resnet_demo,random,1.0,0,0.5,3,0.4\n"
+        "landcoverai,resnet_demo,sop,1.0,0,0.7,,0.6\n"
+        "landcoverai,resnet_demo,sop,0.5,0,,,nan\n"
+    )
+    (results / "curves_landcoverai_resnet_demo.png").write_bytes(b"\x89PNG")
+    (results / "notes.txt").write_text("not an output of the report stage\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("x", artifact_location=(tmp_path / "art").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+
+    logged, metrics = paper.log_outputs(client, run_id, tmp_path)
+
+    assert logged == [
+        "results/report.md",
+        "results/results.csv",
+        "results/curves_landcoverai_resnet_demo.png",
+        "params.yaml",
+    ]
+    assert metrics == pytest.approx(
+        {
+            "results.cells": 3.0,
+            "results.test_miou_mean": 0.5,
+            "results.test_miou_max": 0.6,
+            "results.best_val_miou_mean": 0.6,
+            "results.best_val_miou_max": 0.7,
+        }
+    )
+    assert client.get_run(run_id).data.metrics == pytest.approx(metrics)
+    assert [a.path for a in client.list_artifacts(run_id)] == ["params.yaml", "results"]
+    assert sorted(a.path for a in client.list_artifacts(run_id, "results")) == [
+        "results/curves_landcoverai_resnet_demo.png",
+        "results/report.md",
+        "results/results.csv",
+    ]
+
+
+def test_nothing_to_log_without_results(tmp_path: Path) -> None:
+    assert paper.report_files(tmp_path) == []
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    assert paper.report_files(tmp_path) == [tmp_path / "params.yaml"]
+
+
+def test_use_checkout_pull_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    monkeypatch.setenv("SOP_CHECKOUT", str(checkout))
+    assert paper.use_checkout() == {"directory": str(checkout.resolve())}
+    assert Path.cwd() == checkout.resolve()
+    monkeypatch.delenv("SOP_CHECKOUT")
+    assert paper.use_checkout(default=str(tmp_path)) == {"directory": str(tmp_path.resolve())}
+    with pytest.raises(PipelineError, match=r"/nowhere: no such folder \(\$SOP_CHECKOUT"):
+        paper.use_checkout(default="/nowhere")
+
+
+def test_prefect_yaml_declares_the_paper_deployment() -> None:
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.importtools import import_object
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    (deployment,) = spec["deployments"]
+    assert deployment["name"] == "paper"
+    assert load_flow_from_entrypoint(str(REPO / deployment["entrypoint"])).name == "paper"
+    assert deployment["work_pool"]["name"] == "gpu"
+    assert deployment["concurrency_limit"] == 1
+    assert deployment["parameters"] == {"project": "."}
+    (schedule,) = deployment["schedules"]
+    assert schedule["timezone"] == "UTC"
+    assert len(schedule["cron"].split()) == 5
+    ((step, inputs),) = spec["pull"][0].items()
+    assert import_object(step) is paper.use_checkout
+    assert inputs == {"variable": "SOP_CHECKOUT", "default": "/work"}
+
+
+def test_repro_command_help_and_params_name() -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["repro", "--help"])
+    assert result.exit_code == 0, result.output
+    for word in ("--push", "--no-push", "--params", "[targets]..."):
+        assert word in result.output.lower()
+    result = runner.invoke(app, ["repro", "--params", "other.yaml"])
+    assert result.exit_code == 2
+    assert "other.yaml: DVC stages read params.yaml" in result.output
+
+
+# --- slow tier: DVC, a real MLflow server, a real Prefect server ----------------------------
+
+
+def demo_checkout(dest: Path, *extra: str, remote: Path | None = None) -> Path:
+    """The repository's layout with a smaller demo profile (as tests/test_pipeline_e2e.py),
+    committed to git with DVC initialised in demo/ (``remote``: its default DVC remote);
+    returns demo/."""
+    for item in ("pipeline", "stages"):
+        shutil.copytree(REPO / item, dest / item, ignore=shutil.ignore_patterns("__pycache__"))
+    for item in extra:
+        shutil.copy(REPO / item, dest / item)
+    demo = dest / "demo"
+    demo.mkdir()
+    params = yaml.safe_load((REPO / "demo" / "params.yaml").read_text())
+    params["synthetic"].update(scenes=2, height=1100, width=1200)
+    params["data"]["sources"]["landcoverai"]["md5"] = "skip"  # smaller archive, other md5
+    (demo / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(REPO / "demo" / "dvc.yaml", demo / "dvc.yaml")
+    git(dest, "init", "-q")
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "init", "--subdir", "-q"], cwd=demo, check=True, timeout=120
+    )
+    if remote is not None:
+        subprocess.run(
+            [sys.executable, "-m", "dvc", "remote", "add", "-d", "store", str(remote)],
+            cwd=demo,
+            check=True,
+            timeout=120,
+        )
+    git(dest, "add", "-A")
+    git(dest, "commit", "-qm", "demo")
+    return demo
+
+
+@pytest.mark.slow
+def test_dvc_remotes_of_a_project(tmp_path: Path) -> None:
+    def dvc(*args: str) -> None:
+        subprocess.run([sys.executable, "-m", "dvc", *args], cwd=tmp_path, check=True, timeout=120)
+
+    dvc("init", "--no-scm", "-q")
+    assert paper.dvc_remotes(tmp_path) == []
+    dvc("remote", "add", "-d", "store", str(tmp_path / "remote"))
+    assert paper.dvc_remotes(tmp_path) == ["store"]
+    (tmp_path / ".dvc" / "config").write_text("[core\n")  # unreadable config
+    with pytest.raises(PipelineError, match=r"^`dvc remote list` exited with \d+ in "):
+        paper.dvc_remotes(tmp_path)
+
+
+def flow_runs(api: str) -> list[dict[str, Any]]:
+    """Every flow run on the server, each with its flow's name under ``flow``."""
+
+    def call(path: str, body: bytes | None = None) -> Any:
+        request = urllib.request.Request(
+            f"{api}{path}",
+            data=body,
+            method="POST" if body is not None else "GET",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+    runs: list[dict[str, Any]] = call("/flow_runs/filter", b"{}")
+    names = {r["flow_id"]: call(f"/flows/{r['flow_id']}")["name"] for r in runs}
+    return [{**r, "flow": names[r["flow_id"]]} for r in runs]
+
+
+def expected_prefix(demo: Path) -> str:
+    prefix: str = yaml.safe_load((demo / "params.yaml").read_text())["tracking"][
+        "experiment_prefix"
+    ]
+    return prefix
+
+
+@pytest.mark.slow
+def test_paper_flow_against_mlflow_and_prefect_servers(
+    mlflow_tracking_server: str,
+    prefect_api: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    demo = demo_checkout(tmp_path / "checkout")
+    commit = git(demo, "rev-parse", "HEAD")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_tracking_server)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+        summary = paper.paper_flow(str(demo), TARGETS)
+
+    assert (demo / "data" / "raw" / "landcoverai" / "source.json").is_file()
+    assert not (demo / "mlflow.db").exists()  # all of it on the server
+    assert os.environ["MLFLOW_TRACKING_URI"] == mlflow_tracking_server
+    assert tracking.PARENT_RUN_ENV not in os.environ
+    assert summary["targets"] == TARGETS
+    assert summary["pushed"] is False  # no DVC remote
+    assert summary["artifacts"] == ["params.yaml"]  # the report stage did not run
+    assert summary["metrics"] == {}
+
+    client = mlflow.MlflowClient(mlflow_tracking_server)
+    prefix = expected_prefix(demo)
+    experiment = client.get_experiment_by_name(prefix)
+    assert experiment is not None
+    (parent,) = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`sop.stage` = 'grid'"
+    )
+    assert parent.info.run_id == summary["parent_run_id"]
+    assert STAMPED.fullmatch(parent.info.run_name)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["dvc.targets"] == "synth download@landcoverai"
+    assert parent.data.tags["dvc.pushed"] == "false"
+    assert parent.data.tags["git.commit"] == commit
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["params.yaml"]
+
+    children = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+    )
+    by_stage = {run.data.tags["dvc.stage"]: run for run in children}
+    assert sorted(by_stage) == sorted(TARGETS)
+    download = by_stage["download@landcoverai"]
+    assert (download.info.run_name, download.info.status) == ("landcoverai", "FINISHED")
+    assert download.data.tags["sop.stage"] == "download"
+    assert download.data.params["data.sources.landcoverai.url"] == "archive/landcover.ai.v1.zip"
+    assert download.data.params["data.sources.landcoverai.md5"] == "skip"
+    assert download.data.metrics["seconds"] > 0
+    assert {a.path for a in client.list_artifacts(download.info.run_id)} >= {
+        "params.resolved.yaml",
+        "sources.json",
+    }
+    synth = by_stage["synth"]
+    assert synth.info.run_name == "landcover.ai.v1.zip"
+    assert synth.data.params["synthetic.scenes"] == "2"
+    assert sum(v for k, v in synth.data.metrics.items() if k.startswith("tiles.")) > 0
+    # Children live in the parent's experiment, not in the per-stage ones.
+    assert client.get_experiment_by_name(f"{prefix}-download") is None
+
+    # The stage processes joined this server instead of starting their own.
+    assert "Starting temporary server" not in "".join(capfd.readouterr())
+    states = {(r["flow"], r["name"]): r["state_type"] for r in flow_runs(prefect_api)}
+    assert states[("synthesize", "synthesize-landcover.ai.v1.zip")] == "COMPLETED"
+    assert states[("download", "download-landcoverai")] == "COMPLETED"
+    assert [s for (flow, _), s in states.items() if flow == "paper"] == ["COMPLETED"]
+    assert parent.data.tags["prefect.flow_run_id"] in {
+        r["id"] for r in flow_runs(prefect_api) if r["flow"] == "paper"
+    }
+
+
+@pytest.mark.slow
+def test_failed_repro_is_one_line_and_fails_the_parent(
+    mlflow_tracking_server: str, prefect_api: str, tmp_path: Path
+) -> None:
+    demo = demo_checkout(tmp_path / "checkout")
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": mlflow_tracking_server,
+        "PREFECT_API_URL": prefect_api,
+    }
+    result = subprocess.run(
+        [str(BIN / "sop"), "repro", "no-such-stage", "--params", str(demo / "params.yaml")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert re.fullmatch(
+        rf"error: `dvc repro no-such-stage` exited with \d+ in {re.escape(str(demo))}; "
+        "its error is above",
+        errors[0],
+    )
+    assert "Traceback" not in result.stderr
+    client = mlflow.MlflowClient(mlflow_tracking_server)
+    experiment = client.get_experiment_by_name(expected_prefix(demo))
+    assert experiment is not None
+    (parent,) = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`dvc.targets` = 'no-such-stage'"
+    )
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["sop.stage"] == "grid"
+    assert not (demo / "archive").exists()
+
+
+def prefect(cwd: Path, env: dict[str, str], *args: str, timeout: float = 180) -> str:
+    result = subprocess.run(
+        [str(BIN / "prefect"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_paper_deployment_runs_on_a_gpu_pool_worker(prefect_api: str, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    checkout = tmp_path / "checkout"
+    demo = demo_checkout(checkout, "prefect.yaml", remote=tmp_path / "remote")
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the demo's own sqlite file
+    prefect(checkout, env, "work-pool", "create", "gpu", "--type", "process")
+    deploy = subprocess.run(
+        [str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "paper"],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=180,
+    )
+    output = deploy.stdout + deploy.stderr
+    assert "Deployment 'paper/paper' successfully created" in output, output
+    if deploy.returncode != 0:
+        # Known: once the deployment is created, prefect 3.8.8's CLI asks for the pool's online
+        # workers with `"limit": null`, which the server's pinned fastapi (0.154.0) rejects
+        # (422). Anything else is a real failure.
+        assert "422 Unprocessable Entity' for url" in output, output
+        assert "/work_pools/gpu/workers/filter" in output, output
+
+    with (
+        temporary_settings(updates={PREFECT_API_URL: prefect_api}),
+        get_client(sync_client=True) as client,
+    ):
+        deployment = client.read_deployment_by_name("paper/paper")
+        assert deployment.entrypoint == "pipeline/flows/paper.py:paper_flow"
+        assert deployment.work_pool_name == "gpu"
+        assert client.read_work_pool("gpu").type == "process"
+        (schedule,) = deployment.schedules
+        assert schedule.active
+        assert isinstance(schedule.schedule, CronSchedule)
+        assert schedule.schedule.cron == "0 2 * * 6"
+        assert schedule.schedule.timezone == "UTC"
+        assert deployment.global_concurrency_limit is not None
+        assert deployment.global_concurrency_limit.limit == 1
+        assert deployment.parameters == {"project": "."}
+        assert deployment.pull_steps == [
+            {"pipeline.flows.paper.use_checkout": {"variable": "SOP_CHECKOUT", "default": "/work"}}
+        ]
+        # "demo" is relative: it resolves in the checkout the pull step moves to.
+        run = client.create_flow_run_from_deployment(
+            deployment.id, parameters={"project": "demo", "targets": TARGETS}
+        )
+
+    worker_dir = tmp_path / "worker"
+    worker_dir.mkdir()
+    worker_output = prefect(
+        worker_dir,
+        {**env, "SOP_CHECKOUT": str(checkout)},
+        "worker",
+        "start",
+        "--pool",
+        "gpu",
+        "--run-once",
+        timeout=300,
+    )
+    assert "Executing deployment step: use_checkout" in worker_output
+    assert "Beginning flow run 'download-landcoverai'" in worker_output  # DVC's stage process
+    assert "Starting temporary server" not in worker_output
+
+    with (
+        temporary_settings(updates={PREFECT_API_URL: prefect_api}),
+        get_client(sync_client=True) as client,
+    ):
+        finished = client.read_flow_run(run.id)
+    assert finished.state is not None
+    assert finished.state.type.value == "COMPLETED", finished.state
+    assert finished.parameters == {"project": "demo", "targets": TARGETS}
+    assert (demo / "data" / "raw" / "landcoverai" / "source.json").is_file()
+    assert not (worker_dir / "demo").exists()
+
+    tracked = mlflow.MlflowClient(f"sqlite:///{demo / 'mlflow.db'}")
+    experiment = tracked.get_experiment_by_name(expected_prefix(demo))
+    assert experiment is not None
+    (parent,) = tracked.search_runs(
+        [experiment.experiment_id], filter_string="tags.`sop.stage` = 'grid'"
+    )
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["prefect.flow_run_id"] == str(run.id)
+    assert parent.data.tags["dvc.pushed"] == "true"  # push=None and the project has a remote
+    children = tracked.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+    )
+    assert sorted(c.data.tags["dvc.stage"] for c in children) == sorted(TARGETS)
