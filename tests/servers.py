@@ -123,7 +123,12 @@ def _serving(
 def prefect_server(home: Path) -> Iterator[str]:
     """``prefect server start`` on 127.0.0.1 with its own home (database); yields the API URL."""
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home)}
+    # The scheduler every few seconds, not every minute: a test sees a cron's runs at once.
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "3",
+    }
     env.pop("PREFECT_API_URL", None)
     api = f"http://127.0.0.1:{port}/api"
     command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
