@@ -395,6 +395,12 @@ class ComputeParams(_Section):
     )
     loader_workers: Annotated[int, Field(ge=0)] = 4
     progress: bool = True
+    keep_checkpoints: bool = Field(
+        default=False,
+        description="Keep a finished stage's training checkpoints (.sop/checkpoints/): a rerun "
+        "after DVC removed its outputs then finishes at once. Off: deleted once the outputs are "
+        "written, as the grid's would take tens of GB and best.pt repeats best.safetensors.",
+    )
 
     @field_validator("devices", mode="before")
     @classmethod

@@ -156,7 +156,7 @@ def check_claims(table: pd.DataFrame) -> list[Verdict]:
         if not (math.isinf(sop_epoch) and math.isinf(first_other)):
             faster.append(
                 (
-                    sop_epoch <= first_other,
+                    sop_epoch < first_other,  # a tie is not faster
                     f"{where}: SOP {_epochs(sop_epoch)} vs fastest other {_epochs(first_other)}",
                 )
             )

@@ -28,7 +28,13 @@ pytestmark = pytest.mark.slow
 
 
 def project(
-    tmp: Path, store: Path, epochs: int, processes: int, every: int = 1, images: str = "all"
+    tmp: Path,
+    store: Path,
+    epochs: int,
+    processes: int,
+    every: int = 1,
+    images: str = "all",
+    keep: bool = False,
 ) -> Path:
     """A pipeline root whose tile stage is done (the session's store, linked in)."""
     tmp.mkdir(parents=True, exist_ok=True)
@@ -51,7 +57,8 @@ pretrain:
   weight_decay: 0.0
   warmup_epochs: 1
 compute: {{device: cpu, devices: {processes}, checkpoint_every: {every}, loader_workers: 0,
-          progress: false}}
+          progress: false, keep_checkpoints: {str(keep).lower()}}}
+finetune: {{models: [resnet_demo-random]}}
 tracking: {{experiment_prefix: t}}
 """
     )
@@ -93,7 +100,7 @@ DETERMINISTIC = ("train_loss", "val_iou", "val_box_iou", "baseline_iou", "epochs
 def test_ddp_on_two_cpu_processes_agrees_with_one_process_metrics(
     pretext_store: Path, tmp_path: Path
 ) -> None:
-    root = project(tmp_path, pretext_store, epochs=3, processes=2)
+    root = project(tmp_path, pretext_store, epochs=3, processes=2, keep=True)
     output = finish(stage(root))
     assert "launching 2 DDP processes" in output
     metrics, provenance, curve = outputs(root)
@@ -146,6 +153,8 @@ def test_a_stage_killed_halfway_resumes_to_the_uninterrupted_metrics(
     start = provenance["resumed_from_step"]
     assert isinstance(start, int)
     assert 13 <= start < 30
+    # Done: its checkpoints go (compute.keep_checkpoints is off).
+    assert not list(checkpoints.glob("pretrain-*"))
     for key in DETERMINISTIC:
         assert resumed[key] == expected[key], key
 

@@ -147,10 +147,13 @@ def write_curve(path: Path, history: list[dict[str, float]]) -> None:
             writer.writerow({**row, "epoch": int(row["epoch"])})
 
 
-def drop_other_fingerprints(keep: Path) -> None:
-    """Delete the sibling checkpoint folders ``<stem>-<other fingerprint>`` of ``keep``:
-    a changed stage never resumes them again."""
-    stem = keep.name.rsplit("-", 1)[0]
-    for folder in keep.parent.glob(f"{stem}-*"):
-        if folder != keep and folder.is_dir() and folder.name.rsplit("-", 1)[0] == stem:
-            shutil.rmtree(folder, ignore_errors=True)
+def finish_checkpoints(folder: Path, keep: bool) -> None:
+    """After a stage's outputs are written: delete its sibling checkpoint folders
+    ``<stem>-<other fingerprint>`` (a changed stage never resumes them again), and its own
+    unless ``keep`` (``compute.keep_checkpoints``)."""
+    stem = folder.name.rsplit("-", 1)[0]
+    for other in folder.parent.glob(f"{stem}-*"):
+        if other != folder and other.is_dir() and other.name.rsplit("-", 1)[0] == stem:
+            shutil.rmtree(other, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(folder, ignore_errors=True)

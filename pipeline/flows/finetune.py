@@ -38,7 +38,7 @@ from pipeline.data import store as tile_store
 from pipeline.data.download import file_digest
 from pipeline.errors import DataError, ParamsError
 from pipeline.flows.common import (
-    drop_other_fingerprints,
+    finish_checkpoints,
     run_job,
     tracked_run,
     write_curve,
@@ -356,7 +356,7 @@ def finetune_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
         )
         mlflow.log_artifact(str(out / RUN_FILE))
         mlflow.log_artifact(str(curve))
-    drop_other_fingerprints(checkpoints)
+    finish_checkpoints(checkpoints, keep=params.compute.keep_checkpoints)
     converged = metrics["convergence_epoch"]
     print(
         f"{run_name}: best val mIoU {metrics['best_val_miou']:.3f} "

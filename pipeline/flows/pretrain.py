@@ -30,7 +30,7 @@ from pipeline.data import store
 from pipeline.data.download import file_digest
 from pipeline.errors import DataError
 from pipeline.flows.common import (
-    drop_other_fingerprints,
+    finish_checkpoints,
     run_job,
     tracked_run,
     write_curve,
@@ -171,7 +171,7 @@ def pretrain_flow(
         mlflow.log_metrics({f"final.{k}": float(v) for k, v in metrics.items()})
         mlflow.log_artifact(str(out / PROVENANCE_FILE))
         mlflow.log_artifact(str(curve_path(root, name)))
-    drop_other_fingerprints(checkpoints)
+    finish_checkpoints(checkpoints, keep=params.compute.keep_checkpoints)
     print(
         f"{name}: val IoU {final['val_iou']:.3f}, box IoU {final['val_box_iou']:.3f}, "
         f"centred-box baseline {final['baseline_iou']:.3f} -> {out / ENCODER_FILE}"
