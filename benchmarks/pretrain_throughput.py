@@ -61,13 +61,16 @@ def main() -> None:
             "backbones": [args.backbone],
             "init": "none",
             "source_size": args.source,
-            "subimage_size": args.subimage,
+            "subimage_sizes": [args.subimage],
+            "color_jitters": [0.0],
             "epochs": args.epochs,
             "batch_size": args.batch_size,
             "lr_backbone": args.lr,
             "lr_head": args.lr,
             "warmup_epochs": 2,
         },
+        # No SOP model of another backbone to fine-tune: the params file stays consistent.
+        "finetune": {"models": [f"{args.backbone}-random"]},
         "compute": {
             "device": args.device,
             "devices": 1,

@@ -29,7 +29,7 @@ def test_every_command_has_help(command: str) -> None:
 
 def test_bad_params_is_one_line_and_exit_2(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
-    params.write_text("pretrain:\n  subimage_size: 280\n")
+    params.write_text("pretrain:\n  subimage_sizes: [112, 280]\n")
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "params", "--params", str(params)],
         capture_output=True,
@@ -41,7 +41,7 @@ def test_bad_params_is_one_line_and_exit_2(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert str(params) in lines[0]
-    assert "pretrain.subimage_size" in lines[0]
+    assert "pretrain.subimage_sizes: the subimage (280) must not be larger" in lines[0]
     assert "Traceback" not in result.stderr
 
 
