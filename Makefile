@@ -17,7 +17,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.sop/dvc-site-cache
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install test test-fast lint format typecheck demo mlflow-ui clean clean-demo help
+.PHONY: install test test-fast lint format typecheck demo bench mlflow-ui clean clean-demo help
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ demo: install  ## Run the pipeline on the embedded synthetic data (CPU, minutes)
 	@cd demo && dvc metrics show metrics/pretrain
 	@echo; echo "Fine-tuned, on the test split (random vs SOP init at each label fraction):"
 	@cd demo && dvc metrics show metrics/evaluate
+
+bench: install  ## CPU benchmarks (data path, tiling; minutes); writes benchmarks/results.md.
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 mlflow-ui: install  ## Serve the demo's MLflow runs on http://127.0.0.1:5000.
 	$(BIN)/sop mlflow-ui --params demo/params.yaml
