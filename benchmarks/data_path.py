@@ -3,18 +3,19 @@ a loader that decodes one PNG/JPEG file per sample (the common torchgeo-style lo
 
 Two workloads, each with N DataLoader workers (default 1 and 2):
 
-* ``pretext``: the pretrain task's input. ``StoreTiles`` (memmap reads) batched by the
-  DataLoader, then the batched SOP sampler (``sample_overlap``: resize to the source size, crop
-  the subimage, target mask) in the main process, as the training step runs it on CPU. Reported
-  twice: the loader alone (uint8 tiles out of the DataLoader) and loader + sampler (what a
-  training step receives).
+* ``pretext``: the pretrain task's input. ``StoreTiles`` (memmap reads, each tile resized to
+  the source size in the worker) batched by the DataLoader, then the batched SOP sampler
+  (``sample_overlap``: crop the subimage, target mask) in the main process, as the training
+  step runs it on CPU (on a GPU it runs on the device). Reported twice: the loader alone (uint8
+  sources out of the DataLoader) and loader + sampler (what a training step receives).
 * ``segmentation``: ``SegmentationTiles`` with ``training_augmentation`` (random crop, flips,
   rot90) at the crop size, image and mask.
 
 The baseline datasets read the same tiles, written once as files by this benchmark (image PNG or
-JPEG, mask PNG, as LandCover.ai's split.py writes them), decoded with PIL in ``__getitem__``, with
-the same sampler or the same albumentations pipeline. All loaders run side by side in one run on
-a warm page cache; "per worker" is samples/s divided by the number of workers.
+JPEG, mask PNG, as LandCover.ai's split.py writes them), decoded with PIL in ``__getitem__``, then
+the same resize or the same albumentations pipeline and the same collate: the only difference is
+where the pixels come from. All loaders run side by side in one run on a warm page cache; "per
+worker" is samples/s divided by the number of workers.
 
     python benchmarks/data_path.py                    # defaults: 4 scenes, 1 and 2 workers
     python benchmarks/data_path.py --workers 1 2 4 --seconds 5 --out data_path.json
@@ -55,21 +56,24 @@ class RandomRows(Sampler[int]):
         return self.total
 
 
-class FileTiles(Dataset[Tensor]):
-    """Baseline for pretext: one image file decoded with PIL per sample."""
+class FileTiles(Dataset[npt.NDArray[np.uint8]]):
+    """Baseline for pretext: one image file decoded with PIL per sample, resized like
+    ``StoreTiles``."""
 
-    def __init__(self, images: list[Path]) -> None:
-        self.images = images
+    def __init__(self, images: list[Path], size: int) -> None:
+        self.images, self.size = images, size
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> Tensor:
+    def __getitem__(self, index: int) -> npt.NDArray[np.uint8]:
+        from pipeline.data.loaders import resize_tile
+
         with Image.open(self.images[index]) as image:
-            return torch.from_numpy(np.asarray(image.convert("RGB")).copy())
+            return resize_tile(np.asarray(image.convert("RGB")), self.size)
 
 
-class FileSegmentation(Dataset[tuple[Tensor, Tensor]]):
+class FileSegmentation(Dataset[tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]]):
     """Baseline for segmentation: image and mask files decoded with PIL, then the same
     albumentations pipeline and per-sample seeding as ``SegmentationTiles``."""
 
@@ -80,7 +84,7 @@ class FileSegmentation(Dataset[tuple[Tensor, Tensor]]):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, index: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
         from pipeline.train.finetune import sample_seed
 
         with Image.open(self.images[index]) as image:
@@ -89,10 +93,7 @@ class FileSegmentation(Dataset[tuple[Tensor, Tensor]]):
             mask: npt.NDArray[np.uint8] = np.asarray(mask_file)
         self.augment.set_random_seed(sample_seed(self.seed, self.epoch, index))
         out = self.augment(image=pixels, mask=mask)
-        return (
-            torch.from_numpy(np.ascontiguousarray(out["image"])),
-            torch.from_numpy(np.ascontiguousarray(out["mask"])),
-        )
+        return out["image"], out["mask"]
 
 
 def write_tile_files(store_dir: Path, out: Path) -> dict[str, tuple[list[Path], list[Path]]]:
@@ -125,13 +126,17 @@ def measure(
     """Samples/s in the steady state: the clock starts after the first batch (worker start-up
     excluded) and stops after ``seconds``; ``step`` is applied to every batch in the main
     process (the part of a training step that prepares its inputs)."""
+    from pipeline.data.loaders import Collate
+
+    prefetch = 4
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=RandomRows(n, batch_size * 100_000),
         num_workers=workers,
         drop_last=True,
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=prefetch if workers else None,
+        collate_fn=Collate(ring_slots=prefetch + 2),  # as the engine's training loader
     )
     iterator = iter(loader)
     first = next(iterator)
@@ -190,12 +195,12 @@ def run(
 
     augment = training_augmentation(crop, flips=True, rot90=True)
     loaders: dict[str, dict[str, Dataset[Any]]] = {
-        "pretext": {"store": StoreTiles(store, rows)},
+        "pretext": {"store": StoreTiles(store, rows, size=source)},
         "segmentation": {"store": SegmentationTiles(store, rows, augment, seed=0)},
     }
     for fmt in FORMATS:
         images, masks = files[fmt]
-        loaders["pretext"][fmt] = FileTiles(images)
+        loaders["pretext"][fmt] = FileTiles(images, source)
         loaders["segmentation"][fmt] = FileSegmentation(images, masks, augment, seed=0)
 
     measured: list[dict[str, Any]] = []

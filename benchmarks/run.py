@@ -73,12 +73,34 @@ def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
     return "\n".join([head, rule, *body])
 
 
+def update_section(path: Path, name: str, body: str) -> None:
+    """Replace the ``name`` section of the results file (between its markers), or append it.
+
+    ``make bench`` and ``make bench-gpu`` run on different machines; each rewrites only its own
+    section, which carries its own date, machine and commit.
+    """
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    block = f"{begin}\n{body.strip()}\n{end}\n"
+    text = path.read_text() if path.exists() else RESULTS_HEADER
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+
+
+RESULTS_HEADER = """# Benchmark results
+
+`make bench` (CPU: `python benchmarks/run.py`) and `make bench-gpu` (`python benchmarks/gpu.py`)
+each rewrite their own section below, with the date, machine and commit it was measured on.
+"""
+
+
 def render(data: dict[str, Any], tile: dict[str, Any], info: dict[str, Any]) -> str:
     m = info["machine"]
     lines = [
-        "# Benchmark results",
-        "",
-        "Written by `make bench` (`python benchmarks/run.py`); rerun it to refresh this file.",
+        "## CPU: data path and tiling",
         "",
         f"- Date: {info['date']}",
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['ram']} RAM; Python {m['python']}, "
@@ -86,17 +108,19 @@ def render(data: dict[str, Any], tile: dict[str, Any], info: dict[str, Any]) -> 
         f"- Git commit: {info['commit']}",
         f"- Command: `{info['command']}` ({info['seconds']:.0f} s in all)",
         "",
-        "## Data path (`benchmarks/data_path.py`)",
+        "### Data path (`benchmarks/data_path.py`)",
         "",
         f"Samples/s delivered by the training DataLoader from a synthetic tile store of "
         f"{data['tiles']} tiles of {data['tile_size']} px, against loaders that decode one PNG or "
         f"JPEG (quality 95) file per sample with PIL (mask PNG), measured side by side in one "
         f"run, {data['seconds_per_measurement']:g} s each after the first batch. "
-        "`pretext_loader`: StoreTiles batches (uint8 tiles) out of the DataLoader; "
-        f"`pretext_sampled`: the same plus the batched SOP sampler (source {data['source']}, "
-        f"subimage {data['subimage']}) in the main process on one CPU thread, as a CPU training "
-        "step runs it; `segmentation`: SegmentationTiles with training_augmentation (crop "
-        f"{data['crop']}, flips, rot90), image and mask. Per worker = store samples/s / workers.",
+        f"`pretext_loader`: StoreTiles batches out of the DataLoader (uint8 sources, each tile "
+        f"resized to {data['source']} px in the worker; baselines: decode, then the same resize); "
+        f"`pretext_sampled`: the same plus the batched SOP sampler (subimage {data['subimage']}, "
+        "target mask) in the main process on one CPU thread, as a CPU training step runs it (on "
+        "a GPU the sampler runs on the device); `segmentation`: SegmentationTiles with "
+        f"training_augmentation (crop {data['crop']}, flips and quarter turns), image and mask. "
+        "Every loader uses the project's collate. Per worker = store samples/s / workers.",
         "",
         table(
             data["rows"],
@@ -113,7 +137,7 @@ def render(data: dict[str, Any], tile: dict[str, Any], info: dict[str, Any]) -> 
             ],
         ),
         "",
-        "## Tiling (`benchmarks/tiling.py`)",
+        "### Tiling (`benchmarks/tiling.py`)",
         "",
         "MB/s of decoded GeoTIFF input (image 3 + mask 1 byte per pixel; deflate-compressed "
         "GeoTIFFs as the synthetic archive writes them) through the tile stage's code path "
@@ -128,6 +152,7 @@ def render(data: dict[str, Any], tile: dict[str, Any], info: dict[str, Any]) -> 
             [
                 ("scene", "scene"),
                 ("method", "method"),
+                ("threads", "threads"),
                 ("tiles", "tiles"),
                 ("input_mb", "input MB"),
                 ("geotiff_file_mb", "file MB"),
@@ -171,7 +196,7 @@ def main() -> None:
         "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
         "seconds": time.perf_counter() - started,
     }
-    args.out.write_text(render(data, tile, info))
+    update_section(args.out, "cpu", render(data, tile, info))
     print(f"wrote {args.out}")
     if args.json:
         args.json.write_text(

@@ -55,6 +55,9 @@ def one_line_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 def stage_main(fn: Callable[..., Any]) -> None:
     """Entry of a ``stages/*.py`` module: typer parsing plus one-line errors."""
+    from pipeline.timing import record_if_asked
+
+    record_if_asked()
     typer.run(one_line_errors(fn))
 
 

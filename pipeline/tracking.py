@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline import timing
 from pipeline.env import apply_env_defaults
 from pipeline.errors import PipelineError
 
@@ -141,7 +142,8 @@ def stage_run(
                 client.log_batch(run.info.run_id, params=batch, synchronous=True)
             if resolved_params_yaml is not None:
                 mlflow.log_text(resolved_params_yaml, "params.resolved.yaml")
-            yield run
+            with timing.work(stage):
+                yield run
     finally:
         if preset is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)

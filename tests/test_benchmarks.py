@@ -49,7 +49,7 @@ def test_tiling_figures_are_positive(tmp_path: Path) -> None:
     import tiling
 
     figures = tiling.run(sizes=((1100, 1200),), repeats=1, work=tmp_path)
-    assert {row["method"] for row in figures["rows"]} == {"project", "official"}
+    assert {row["method"] for row in figures["rows"]} == {"project", "project_1thread", "official"}
     for row in figures["rows"]:
         assert row["tiles"] == 4
         for key in ("seconds", "mb_s", "peak_rss_mb", "peak_anon_mb"):

@@ -118,9 +118,16 @@ def test_ddp_on_two_cpu_processes_agrees_with_one_process_metrics(
     store = TileStore(root / "data" / "tiles" / "landcoverai")
     _, val_rows = pretrain_rows(store, "all", params.seed)
     assert len(val_rows) >= 2  # a share for each rank
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank: the same arithmetic, not only the same sums
     single = evaluate(
-        OverlapTask(model, 64, 32), model, StoreTiles(store, val_rows), torch.device("cpu"), 3
+        OverlapTask(model, 64, 32),
+        model,
+        StoreTiles(store, val_rows, size=64),
+        torch.device("cpu"),
+        2,  # each rank's batch: the same batches, so the same conv arithmetic
     )
+    torch.set_num_threads(threads)
     final = provenance["final"]
     assert isinstance(final, dict)
     for key, value in single.items():

@@ -32,6 +32,7 @@ from pipeline.data.store import StoreMeta
 from pipeline.errors import DataError
 
 PLAN_FILE = "plan.json"
+GDAL_CACHE_MB = 64
 PROGRESS_DIR = ".progress"
 UNASSIGNED = "unassigned"
 
@@ -333,8 +334,32 @@ def _check_mask_values(counts: npt.NDArray[np.int64], meta: StoreMeta, path: Pat
         )
 
 
-def tile_scene(scene: ScenePlan, out_dir: Path, meta: StoreMeta) -> int:
-    """Cut one scene into its slice of the store and record its index rows. Returns tiles cut."""
+def _read_strip(
+    src: Any, record: SceneRecord, window: Window, buffer: npt.NDArray[np.uint8]
+) -> npt.NDArray[np.uint8]:
+    """A (rows, cols, 3) uint8 strip of the scene's RGB bands.
+
+    GeoTIFFs are read by GDAL straight into ``buffer`` in pixel order (one buffer for every
+    tile row: no allocation per row, no transposing copy); PNG/JPEG scenes and imagery that
+    needs scaling go through an intermediate array.
+    """
+    bands = list(record.bands or (1, 2, 3))
+    if isinstance(src, _DecodedImage) or record.scale is not None:
+        strip: npt.NDArray[np.uint8] = _to_uint8(src.read(bands, window=window), record.scale)
+        return strip.transpose(1, 2, 0)
+    view = buffer[: window.height, : window.width]
+    src.read(bands, window=window, out=view.transpose(2, 0, 1))
+    return view
+
+
+def tile_scene(scene: ScenePlan, out_dir: Path, meta: StoreMeta, threads: int = 1) -> int:
+    """Cut one scene into its slice of the store and record its index rows. Returns tiles cut.
+
+    ``threads``: GDAL decodes a strip's compressed blocks on that many threads. GDAL's block
+    cache is capped at ``GDAL_CACHE_MB``: a strip is read in one request, so each block is
+    decoded once anyway, and the cache would otherwise grow with the scene (hundreds of MB for
+    a 9000x9500 orthophoto) while serving nothing.
+    """
     record, size = scene.record, meta.tile_size
     images, masks = store.open_arrays(out_dir, mode="r+")
     n_classes = len(meta.class_names)
@@ -342,19 +367,22 @@ def tile_scene(scene: ScenePlan, out_dir: Path, meta: StoreMeta) -> int:
     by_row: dict[int, list[tuple[int, int, int]]] = {}
     for k, y, x in scene.grid:
         by_row.setdefault(y, []).append((k, y, x))
+    buffer = np.empty((size, scene.width, 3), dtype=np.uint8)
     try:
         with ExitStack() as stack:
+            stack.enter_context(
+                rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_NUM_THREADS=str(max(1, threads)))
+            )
             src = stack.enter_context(_open_raster(record.image))
             msk = stack.enter_context(_open_raster(record.mask)) if record.mask else None
             position = scene.offset
             for y, cells in by_row.items():
                 # One strip per tile row: bounded memory and few, large reads.
                 window = Window(0, y, max(x for _, _, x in cells) + size, size)
-                bands = list(record.bands or (1, 2, 3))
-                strip = _to_uint8(src.read(bands, window=window), record.scale)
+                strip = _read_strip(src, record, window, buffer)
                 mask_strip = msk.read(window=window) if msk is not None else None
                 for k, _, x in cells:
-                    images[position] = strip[:, :, x : x + size].transpose(1, 2, 0)
+                    images[position] = strip[:, x : x + size]
                     row: dict[str, Any] = {
                         "tile_id": f"{record.scene}_{k}",
                         "scene": record.scene,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,8 +194,10 @@ def download_flow(dataset: str, params: Params, root: Path) -> Path:
 
 
 @task(name="tile-scene", task_run_name="tile {scene.record.scene}", cache_policy=NONE)
-def tile_scene_task(scene: tiling.ScenePlan, out_dir: Path, meta: StoreMeta) -> int:
-    return tiling.tile_scene(scene, out_dir, meta)
+def tile_scene_task(
+    scene: tiling.ScenePlan, out_dir: Path, meta: StoreMeta, threads: int = 1
+) -> int:
+    return tiling.tile_scene(scene, out_dir, meta, threads)
 
 
 def _source_folders(raw: Path) -> list[Path]:
@@ -272,14 +275,19 @@ def _tile_scenes(
 ) -> None:
     """A process per scene; a failed scene does not stop the others, whose work is kept."""
     errors: list[BaseException] = []
-    runner = ProcessPoolTaskRunner(max_workers=min(workers, len(pending)))
+    processes = min(workers, len(pending))
+    # The cores the scene processes leave idle decode blocks (one big scene: all of them).
+    threads = max(1, len(os.sched_getaffinity(0)) // processes)
+    runner = ProcessPoolTaskRunner(max_workers=processes)
     with (
         api_for_subprocesses(),
         runner,
         tqdm(total=sum(len(s.grid) for s in pending), unit="tile", desc=f"tile {dataset}") as bar,
     ):
         futures = [
-            runner.submit(tile_scene_task, {"scene": s, "out_dir": out, "meta": meta})
+            runner.submit(
+                tile_scene_task, {"scene": s, "out_dir": out, "meta": meta, "threads": threads}
+            )
             for s in pending
         ]
         for future, scene in zip(futures, pending, strict=True):

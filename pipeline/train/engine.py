@@ -39,11 +39,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm import tqdm
 
+from pipeline.data.loaders import Collate, collate
 from pipeline.train import distributed
 from pipeline.train.distributed import Distributed
 
 CHECKPOINT_GLOB = "step-*.pt"
 BEST_FILE = "best.pt"
+PREFETCH_BATCHES = 4  # per worker: rides out a slow batch without starving the step
 READOUT_EVERY = 20  # steps between progress readouts, the only host syncs while training
 
 
@@ -245,7 +247,12 @@ def validation_loader(
     """This rank's disjoint share of the validation set, as ``(indices, items)`` batches."""
     indexed = Indexed(val_set)
     share = distributed.shard(len(indexed), context)
-    return DataLoader(Subset(indexed, list(share)), batch_size=batch_size, num_workers=num_workers)
+    return DataLoader(
+        Subset(indexed, list(share)),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate,
+    )
 
 
 def evaluation_sums(
@@ -363,6 +370,8 @@ def fit(
                 (settings.seed * 1_000_003 + epoch) * 1009 + context.rank
             ),
             pin_memory=device.type == "cuda",
+            collate_fn=Collate(ring_slots=PREFETCH_BATCHES + 2),
+            prefetch_factor=PREFETCH_BATCHES if settings.num_workers else None,
         )
         model.train()
         loss_sum = torch.full((), partial_sum, device=device)

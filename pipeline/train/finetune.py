@@ -2,7 +2,8 @@
 confusion matrix over whole validation tiles (sliding windows) for mIoU and per-class IoU.
 
 Augmentation runs in the DataLoader workers with albumentations, jointly on image and mask:
-a random crop to the input size, flips and multiples of 90 degrees, no colour change. Each
+a random crop to the input size (a view of the store's memmap), then one of the square's
+symmetries (flips, quarter turns; ``loaders.Dihedral``, done by cv2), no colour change. Each
 sample's augmentation is seeded from (seed, epoch, index), so it does not depend on which
 worker or rank draws it, nor on where a run was resumed.
 """
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import FinetuneParams, base_init, load_params
+from pipeline.data.loaders import Dihedral
 from pipeline.data.store import StoreMeta, TileStore
 from pipeline.errors import DataError, ParamsError
 from pipeline.models.inits import Normalisation, load_init, normalisation_for
@@ -61,19 +63,20 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 def training_augmentation(crop: int, flips: bool, rot90: bool) -> A.Compose:
     """Joint image+mask transforms; geometric only (the paper: no colour change)."""
-    transforms: list[Any] = [A.RandomCrop(height=crop, width=crop)]
-    if flips:
-        transforms += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
-    if rot90:
-        transforms.append(A.RandomRotate90(p=1.0))
-    return A.Compose(transforms)
+    return A.Compose(
+        [A.RandomCrop(height=crop, width=crop), Dihedral(flips=flips, quarter_turns=rot90)]
+    )
 
 
-class SegmentationTiles(Dataset[tuple[Tensor, Tensor]]):
+Pair = tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]
+
+
+class SegmentationTiles(Dataset[Pair]):
     """(uint8 (H, W, 3) image, uint8 (H, W) mask) of some rows of a labelled tile store.
 
-    With ``augment`` the pair is augmented; without it the whole tile comes back (validation,
-    test: whole-tile sliding-window inference).
+    With ``augment`` the pair is augmented (new arrays); without it the whole tile comes back
+    as read-only memmap views (validation, test: whole-tile sliding-window inference), which
+    ``loaders.collate`` copies into the batch.
     """
 
     def __init__(
@@ -92,15 +95,14 @@ class SegmentationTiles(Dataset[tuple[Tensor, Tensor]]):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, index: int) -> Pair:
         row = int(self.rows[index])
-        image, mask = np.array(self.store.image(row)), np.array(self.store.mask(row))
-        if self.augment is not None:
-            self.augment.set_random_seed(sample_seed(self.seed, self.epoch, index))
-            out = self.augment(image=image, mask=mask)
-            # Rotations and flips leave negative strides; torch needs contiguous memory.
-            image, mask = np.ascontiguousarray(out["image"]), np.ascontiguousarray(out["mask"])
-        return torch.from_numpy(image), torch.from_numpy(mask)
+        image, mask = self.store.image(row), self.store.mask(row)
+        if self.augment is None:
+            return image, mask
+        self.augment.set_random_seed(sample_seed(self.seed, self.epoch, index))
+        out = self.augment(image=image, mask=mask)
+        return out["image"], out["mask"]
 
 
 def window_starts(length: int, window: int, overlap: float) -> list[int]:

@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import load_params
+from pipeline.data.loaders import resize_tile
 from pipeline.data.store import TileStore
 from pipeline.errors import DataError
 from pipeline.models.overlap import create_overlap_model
@@ -40,18 +42,23 @@ VALIDATION_SEED = 20260101  # the same validation pairs every epoch and every ru
 LUMA = (0.299, 0.587, 0.114)
 
 
-class StoreTiles(Dataset[Tensor]):
-    """uint8 (H, W, 3) tiles of some rows of a tile store; decoding-free memmap reads."""
+class StoreTiles(Dataset[npt.NDArray[np.uint8]]):
+    """uint8 (H, W, 3) tiles of some rows of a tile store; decoding-free memmap reads.
 
-    def __init__(self, store: TileStore, rows: np.ndarray) -> None:
-        self.store, self.rows = store, rows
+    With ``size`` the worker resizes each tile to (size, size) (the pretext's source size), so
+    the batch crosses to the main process and the device at that size. Without it the item is
+    a read-only view of the memmap: ``loaders.collate`` makes the one copy, into the batch.
+    """
+
+    def __init__(self, store: TileStore, rows: np.ndarray, size: int | None = None) -> None:
+        self.store, self.rows, self.size = store, rows, size
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> Tensor:
-        # A copy: the memmap is read-only, and the batch is collated into new memory anyway.
-        return torch.from_numpy(np.array(self.store.image(int(self.rows[index]))))
+    def __getitem__(self, index: int) -> npt.NDArray[np.uint8]:
+        tile = self.store.image(int(self.rows[index]))
+        return tile if self.size is None else resize_tile(tile, self.size)
 
 
 def normalise(images: Tensor) -> Tensor:
@@ -228,8 +235,8 @@ def run_pretrain(job: PretrainJob) -> dict[str, Any]:
     logger = epoch_logger(job.tracking_uri, job.run_id) if context.is_main else None
     result = fit(
         task,
-        StoreTiles(store, train_rows),
-        StoreTiles(store, val_rows),
+        StoreTiles(store, train_rows, size=p.source_size),
+        StoreTiles(store, val_rows, size=p.source_size),
         settings,
         on_epoch=logger,
         context=context,
