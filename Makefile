@@ -17,7 +17,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.sop/dvc-site-cache
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install test test-fast lint format typecheck demo bench mlflow-ui clean clean-demo help
+.PHONY: install test test-fast lint format typecheck demo bench bench-gpu mlflow-ui clean clean-demo help
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -62,8 +62,11 @@ demo: install  ## Run the pipeline on the embedded synthetic data (CPU, minutes)
 	@echo; echo "Fine-tuned, on the test split (random vs SOP init at each label fraction):"
 	@cd demo && dvc metrics show metrics/evaluate
 
-bench: install  ## CPU benchmarks (data path, tiling; minutes); writes benchmarks/results.md.
+bench: install  ## CPU benchmarks (data path, tiling, the demo's stage times; ~15 min) -> benchmarks/results.md.
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+bench-gpu: install  ## GPU training throughput and MFU, optimised vs eager (CUDA) -> benchmarks/results.md.
+	$(BIN)/python benchmarks/gpu.py $(BENCH_ARGS)
 
 mlflow-ui: install  ## Serve the demo's MLflow runs on http://127.0.0.1:5000.
 	$(BIN)/sop mlflow-ui --params demo/params.yaml

@@ -28,6 +28,8 @@ sys.path[:0] = [str(ROOT), str(HERE)]
 import data_path  # noqa: E402
 import tiling  # noqa: E402
 
+import demo  # noqa: E402
+
 RESULTS = HERE / "results.md"
 
 
@@ -170,6 +172,68 @@ def render(data: dict[str, Any], tile: dict[str, Any], info: dict[str, Any]) -> 
     return "\n".join(lines)
 
 
+def render_demo(
+    figures: dict[str, Any], info: dict[str, Any], cold: dict[str, Any] | None = None
+) -> str:
+    m = info["machine"]
+    share = figures["orchestration_share"]
+    lines = [
+        "## CPU: the demo, stage by stage (`benchmarks/demo.py`)",
+        "",
+        f"- Date: {info['date']}; machine: {m['cpu']}, {m['cores']} cores; commit {info['commit']}",
+        f"- Command: `{figures['command']}` on a fresh copy of the project (no outputs, no "
+        "cache), every stage process recording its times (`SOP_TIMINGS`, `pipeline/timing.py`)",
+        "",
+        f"Total {figures['total_s']} s for {figures['stages']} stage invocations: the stages' "
+        f"work {figures['work_s']} s; orchestration {figures['stage_overhead_s']} s inside the "
+        f"stage processes ({figures['overhead_per_invocation_s']} s per invocation: interpreter "
+        "start, imports, Prefect flow run, MLflow run) and "
+        f"{figures['outside_stages_s']} s outside them (DVC between stages, the parent "
+        f"`sop repro` with its Prefect server and MLflow parent run): **{share:.1%} of the "
+        f"total** (target < 10%: {'met' if share < 0.10 else 'not met'}).",
+        "",
+        table(
+            figures["kinds"],
+            [
+                ("stage", "stage"),
+                ("invocations", "invocations"),
+                ("wall_s", "wall s"),
+                ("work_s", "work s"),
+                ("overhead_s", "overhead s"),
+                ("overhead_per_invocation_s", "overhead per invocation s"),
+            ],
+        ),
+        "",
+        *(
+            [
+                f"The same demo with `sop repro --cold` (every stage a fresh process, no stage "
+                f"host): total {cold['total_s']} s, work {cold['work_s']} s, overhead "
+                f"{cold['stage_overhead_s']} s in the stages "
+                f"({cold['overhead_per_invocation_s']} s per invocation) and "
+                f"{cold['outside_stages_s']} s outside them: "
+                f"{cold['orchestration_share']:.1%} of its total.",
+                "",
+            ]
+            if cold
+            else []
+        ),
+        "<details><summary>Every invocation</summary>",
+        "",
+        table(
+            figures["rows"],
+            [
+                ("stage", "stage"),
+                ("wall_s", "wall s"),
+                ("work_s", "work s"),
+                ("overhead_s", "overhead s"),
+            ],
+        ),
+        "",
+        "</details>",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
@@ -178,6 +242,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--json", type=Path, help="also write the raw figures as JSON")
+    parser.add_argument(
+        "--no-demo", action="store_true", help="skip the demo's stage times (~9 min)"
+    )
+    parser.add_argument("--demo-timings", type=Path, help="tabulate this SOP_TIMINGS file")
+    parser.add_argument("--demo-total", type=float, help="that run's wall seconds")
+    parser.add_argument(
+        "--demo-cold", type=Path, help="figures of a `sop repro --cold` run (demo.py --out)"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     if args.quick:
@@ -197,6 +269,13 @@ def main() -> None:
         "seconds": time.perf_counter() - started,
     }
     update_section(args.out, "cpu", render(data, tile, info))
+    if not (args.quick or args.no_demo):
+        if args.demo_timings:
+            figures = demo.from_timings(args.demo_timings, args.demo_total)
+        else:
+            figures = demo.run()
+        cold = json.loads(args.demo_cold.read_text()) if args.demo_cold else None
+        update_section(args.out, "demo", render_demo(figures, info, cold))
     print(f"wrote {args.out}")
     if args.json:
         args.json.write_text(

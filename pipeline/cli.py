@@ -54,9 +54,14 @@ def one_line_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 def stage_main(fn: Callable[..., Any]) -> None:
-    """Entry of a ``stages/*.py`` module: typer parsing plus one-line errors."""
+    """Entry of a ``stages/*.py`` module: typer parsing plus one-line errors. Under ``sop
+    repro`` the stage runs in the warm stage host (``pipeline.stagehost``) when one is up."""
+    from pipeline.stagehost import run_in_host
     from pipeline.timing import record_if_asked
 
+    code = run_in_host(Path(sys.argv[0]), sys.argv[1:])
+    if code is not None:
+        raise SystemExit(code)
     record_if_asked()
     typer.run(one_line_errors(fn))
 
@@ -278,6 +283,14 @@ def repro(
     glob: Annotated[
         bool, typer.Option("--glob", help="Targets are patterns: 'finetune@loveda-*'.")
     ] = False,
+    warm: Annotated[
+        bool,
+        typer.Option(
+            "--warm/--cold",
+            help="Run the stages in a warm host that imports the stack once (default), or "
+            "each in a fresh process.",
+        ),
+    ] = True,
 ) -> None:
     """`dvc repro` of the params file's folder as the Prefect flow `paper`, under one MLflow
     parent run that nests every stage's run."""
@@ -289,7 +302,7 @@ def repro(
     apply_env_defaults(root)
     from pipeline.flows import paper_flow
 
-    summary = paper_flow(str(root), targets, push, glob)
+    summary = paper_flow(str(root), targets, push, glob, warm)
     typer.echo(
         f"MLflow parent run {summary['parent_run_id']}; artifacts: "
         f"{', '.join(summary['artifacts']) or 'none'}; pushed: {summary['pushed']}"

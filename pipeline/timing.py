@@ -59,4 +59,6 @@ def record_if_asked() -> None:
     """Write this process's line at exit when ``SOP_TIMINGS`` is set (called by stage_main)."""
     target = os.environ.get(TIMINGS_ENV)
     if target:
-        atexit.register(_write, Path(target), process_started())
+        # A stage forked by the stage host counts from when its command started.
+        started = os.environ.get("SOP_STAGE_STARTED")
+        atexit.register(_write, Path(target), float(started) if started else process_started())

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from pipeline.config import load_params
 from pipeline.env import apply_env_defaults
 from pipeline.errors import PipelineError
 from pipeline.flows.common import api_for_subprocesses
+from pipeline.stagehost import stage_host
 
 PARAMS_FILE = "params.yaml"
 DVC_FILE = "dvc.yaml"
@@ -168,8 +170,12 @@ def paper_flow(
     targets: list[str] | None = None,
     push: bool | None = None,
     glob: bool = False,
+    warm: bool = True,
 ) -> dict[str, Any]:
     """Reproduce ``project``'s DVC pipeline under one MLflow parent run.
+
+    ``warm``: the stages run in a warm stage host (``pipeline.stagehost``) that imports the
+    stack once, instead of each stage process importing it (about 5 s a stage).
 
     ``targets``: DVC stages to reproduce (default: all); with ``glob``, patterns such as
     ``finetune@loveda-*`` (a machine's share of the grid). ``push``: ``dvc push`` afterwards;
@@ -188,6 +194,7 @@ def paper_flow(
             root, targets=chosen, experiment_prefix=params.tracking.experiment_prefix
         ) as run,
         api_for_subprocesses(),
+        stage_host(root / ".sop", mlflow_uri=uri) if warm else nullcontext(),
     ):
         run_id = run.info.run_id
         client = mlflow.MlflowClient(uri)
