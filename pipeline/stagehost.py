@@ -233,10 +233,18 @@ def serve(address: Path, preload: Sequence[str] = PRELOAD, mlflow_uri: str | Non
 
 @contextmanager
 def stage_host(
-    directory: Path, preload: Sequence[str] = PRELOAD, mlflow_uri: str | None = None
+    directory: Path,
+    preload: Sequence[str] = PRELOAD,
+    mlflow_uri: str | None = None,
+    wait: bool = False,
 ) -> Iterator[str]:
     """Start a host for this process's stage commands (``SOP_STAGE_HOST`` exported while it
-    lives); yields its socket's path. Stops it on exit."""
+    lives); yields its socket's path. Stops it on exit.
+
+    Without ``wait`` it yields at once, while the host is still importing (seconds): a stage
+    that starts before the host listens runs in its own process, so a repro with nothing to
+    run does not wait for imports it will not use.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     # Unix socket paths are short (108 bytes): a short name in a private temp dir if needed.
     address = directory / f"host-{os.getpid()}.sock"
@@ -254,15 +262,15 @@ def stage_host(
             *([f"--mlflow={mlflow_uri}"] if mlflow_uri else []),
             *preload,
         ],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.PIPE if wait else subprocess.DEVNULL,
         text=True,
     )
-    assert process.stdout is not None
-    line = process.stdout.readline().strip()
-    if line != READY:
-        process.kill()
-        raise RuntimeError(f"the stage host did not start (exit {process.wait()})")
-    print(f"stage host ready in {time.perf_counter() - started:.1f} s: {address}")
+    if wait:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != READY:
+            process.kill()
+            raise RuntimeError(f"the stage host did not start (exit {process.wait()})")
+        print(f"stage host ready in {time.perf_counter() - started:.1f} s: {address}")
     previous = os.environ.get(HOST_ENV)
     os.environ[HOST_ENV] = str(address)
     try:

@@ -1,4 +1,4 @@
-"""Where a stage invocation's time goes (``benchmarks/demo.py`` reads it).
+"""Where a stage invocation's time goes (``benchmarks/demo_stages.py`` reads it).
 
 With ``SOP_TIMINGS`` naming a file, every stage process appends one JSON line as it exits: its
 arguments, when the process started (by the kernel's clock, so the interpreter's own start-up

@@ -54,3 +54,21 @@ def test_tiling_figures_are_positive(tmp_path: Path) -> None:
         assert row["tiles"] == 4
         for key in ("seconds", "mb_s", "peak_rss_mb", "peak_anon_mb"):
             assert row[key] > 0, (row["method"], key)
+
+
+@pytest.mark.usefixtures("benchmarks")
+def test_demo_timings_split_work_stage_overhead_and_dvc() -> None:
+    import demo_stages
+
+    records = [  # two stage processes, a 2 s gap between them (DVC), 3 s before and after
+        {"argv": ["tile.py", "landcoverai"], "started": 103.0, "exited": 110.0, "work": {"t": 5}},
+        {"argv": ["report.py"], "started": 112.0, "exited": 114.0, "work": {"r": 0.5}},
+    ]
+    figures = demo_stages.tabulate(records, total=20.0)
+    assert figures["work_s"] == 5.5
+    assert figures["stage_overhead_s"] == 3.5
+    assert figures["between_stages_s"] == 2.0
+    assert figures["once_s"] == 11.0 - 2.0
+    assert figures["per_invocation_share"] == pytest.approx(5.5 / 20)
+    assert figures["orchestration_share"] == pytest.approx(14.5 / 20)
+    assert [row["stage"] for row in figures["rows"]] == ["tile landcoverai", "report"]

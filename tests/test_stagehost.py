@@ -63,7 +63,7 @@ def script(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[str]:
-    with stage_host(tmp_path / "host", preload=("json",)) as address:
+    with stage_host(tmp_path / "host", preload=("json",), wait=True) as address:
         yield address
 
 
@@ -137,7 +137,7 @@ def test_killing_the_command_kills_its_stage(script: Path, host: str, tmp_path: 
 
 
 def test_stopping_the_host_removes_its_socket_and_variable(tmp_path: Path) -> None:
-    with stage_host(tmp_path / "host", preload=()) as address:
+    with stage_host(tmp_path / "host", preload=(), wait=True) as address:
         assert os.environ[HOST_ENV] == address
         assert Path(address).exists()
     assert HOST_ENV not in os.environ
@@ -172,7 +172,7 @@ def test_stages_use_the_mlflow_store_the_host_opened(script: Path, tmp_path: Pat
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.MlflowClient(uri).search_experiments()  # creates the database, as the parent run does
-    with stage_host(tmp_path / "host", preload=("mlflow",), mlflow_uri=uri) as address:
+    with stage_host(tmp_path / "host", preload=("mlflow",), mlflow_uri=uri, wait=True) as address:
         stages = [
             subprocess.Popen(
                 command(script, "mlflow", uri, str(value)),
@@ -189,3 +189,21 @@ def test_stages_use_the_mlflow_store_the_host_opened(script: Path, tmp_path: Pat
         assert "host None" in output
         run_id = output.split("run ")[-1].strip()
         assert client.get_run(run_id).data.metrics["stage"] == value
+
+
+def test_a_stage_started_before_the_host_listens_runs_in_its_own_process(
+    script: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The host is still importing (a slow module): the stage does not wait for it.
+    (tmp_path / "slow_module.py").write_text("import time\ntime.sleep(30)\n")
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    )
+    with stage_host(tmp_path / "host", preload=("slow_module",)) as address:
+        started = time.monotonic()
+        done = subprocess.run(
+            command(script, "0"), env=environment(address), capture_output=True, text=True
+        )
+        assert time.monotonic() - started < 20
+    assert done.returncode == 0
+    assert f"host {address}" in done.stdout  # ran here, with the variable still set
