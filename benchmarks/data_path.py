@@ -154,7 +154,18 @@ def measure(
     return samples / elapsed
 
 
-def run(
+def run(**options: Any) -> dict[str, Any]:
+    """``measure_all`` with torch on one thread in this process (one core, like one worker),
+    restored afterwards: the caller's thread count is its own."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return measure_all(**options)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def measure_all(
     *,
     scenes: int = 4,
     height: int = 1600,
@@ -177,7 +188,6 @@ def run(
     from pipeline.train.pretrain import StoreTiles
     from pipeline.train.sop import sample_overlap
 
-    torch.set_num_threads(1)  # the main process: one core, like one worker
     started = time.perf_counter()
     store_dir = synthetic_tile_store(work / "data", n_scenes=scenes, height=height, width=width)
     store = TileStore(store_dir)

@@ -63,7 +63,13 @@ def stage_main(fn: Callable[..., Any]) -> None:
     if code is not None:
         raise SystemExit(code)
     record_if_asked()
-    typer.run(one_line_errors(fn))
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    # No flow-run heartbeats in a stage: its run ends with its process, a crash fails its DVC
+    # command and the `paper` flow around it (which keeps its heartbeat), and stopping the
+    # heartbeat thread cost up to a second per stage.
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        typer.run(one_line_errors(fn))
 
 
 def _load(params_file: Path, overrides: list[str] | None) -> tuple[Any, Path]:

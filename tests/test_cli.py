@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,19 @@ def test_stage_entry_reports_errors_in_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         "error: params.yaml: data.workers: Input should be greater than 0 (got 0)"
     ]
+
+
+def test_a_stage_runs_its_flow_without_heartbeats(tmp_path: Path) -> None:
+    script = tmp_path / "stage.py"
+    script.write_text(
+        "from pipeline.cli import stage_main\n"
+        "def main() -> None:\n"
+        "    from prefect.settings import get_current_settings\n"
+        "    print('heartbeat', get_current_settings().flows.heartbeat_frequency)\n"
+        "stage_main(main)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SOP_STAGE_HOST"}
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, check=True
+    )
+    assert "heartbeat None" in done.stdout

@@ -133,7 +133,10 @@ def test_a_compiled_model_trains_like_the_eager_one(tmp_path: Path) -> None:
         settings(tmp_path / "compiled", epochs=1, compile=True, compile_backend="aot_eager"),
     )
     for key, value in eager.history[-1].items():
-        assert compiled.history[-1][key] == pytest.approx(value, abs=1e-4), key
+        # The box is an argmax over near-tied scores: rounding can move one of the 4
+        # validation boxes by a pixel (seen on one thread: 0.2106 against 0.2061).
+        tolerance = 1e-2 if key == "val_box_iou" else 1e-4
+        assert compiled.history[-1][key] == pytest.approx(value, abs=tolerance), key
 
 
 # Reduced-size variants from random weights on the 8 tiles of ``small_store`` at 112/56, one
