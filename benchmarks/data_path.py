@@ -136,7 +136,7 @@ def measure(
         num_workers=workers,
         drop_last=True,
         prefetch_factor=prefetch if workers else None,
-        collate_fn=Collate(ring_slots=prefetch + 2),  # as the engine's training loader
+        collate_fn=Collate.for_prefetch(prefetch),  # as the engine's training loader
     )
     iterator = iter(loader)
     first = next(iterator)

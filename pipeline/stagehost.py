@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 HOST_ENV = "SOP_STAGE_HOST"
-STARTED_ENV = "SOP_STAGE_STARTED"  # when the stage's command started (for pipeline.timing)
 PRELOAD = (
     "torch",
     "mlflow",
@@ -57,15 +56,23 @@ def _send_message(conn: socket.socket, payload: dict[str, Any], fds: Sequence[in
     conn.sendall(body)
 
 
+def _receive_exactly(conn: socket.socket, size: int) -> bytes | None:
+    """``size`` bytes from ``conn``; None if the other end closes first."""
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
 def _receive_message(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     head, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
     (length,) = _HEADER.unpack(head)
-    body = b""
-    while len(body) < length:
-        chunk = conn.recv(length - len(body))
-        if not chunk:
-            raise ConnectionError("the stage command went away mid-request")
-        body += chunk
+    body = _receive_exactly(conn, length)
+    if body is None:
+        raise ConnectionError("the stage command went away mid-request")
     return json.loads(body), fds
 
 
@@ -92,7 +99,7 @@ def run_in_host(script: Path, args: Sequence[str]) -> int | None:
     except OSError:
         conn.close()
         return None
-    from pipeline.timing import process_started
+    from pipeline.timing import STARTED_ENV, process_started
 
     env = {**os.environ, STARTED_ENV: repr(process_started())}
     env.pop(HOST_ENV)
@@ -101,13 +108,10 @@ def run_in_host(script: Path, args: Sequence[str]) -> int | None:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         _send_message(conn, request, [0, 1, 2])
-        status = b""
-        while len(status) < _STATUS.size:
-            chunk = conn.recv(_STATUS.size - len(status))
-            if not chunk:
-                print(f"error: the stage host at {address} died", file=sys.stderr)
-                return 1
-            status += chunk
+        status = _receive_exactly(conn, _STATUS.size)
+    if status is None:
+        print(f"error: the stage host at {address} died", file=sys.stderr)
+        return 1
     return int(_STATUS.unpack(status)[0])
 
 

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 TIMINGS_ENV = "SOP_TIMINGS"
+# Set by a stage command that hands its work to the stage host: when the command started.
+STARTED_ENV = "SOP_STAGE_STARTED"
 _work: dict[str, float] = {}
 
 
@@ -60,5 +62,5 @@ def record_if_asked() -> None:
     target = os.environ.get(TIMINGS_ENV)
     if target:
         # A stage forked by the stage host counts from when its command started.
-        started = os.environ.get("SOP_STAGE_STARTED")
+        started = os.environ.get(STARTED_ENV)
         atexit.register(_write, Path(target), float(started) if started else process_started())

@@ -157,7 +157,7 @@ def test_ring_batches_stay_intact_until_the_next_step() -> None:
         batch_size=2,
         num_workers=2,
         prefetch_factor=prefetch,
-        collate_fn=Collate(ring_slots=prefetch + 2),
+        collate_fn=Collate.for_prefetch(prefetch),
         worker_init_fn=seed_worker,  # forked after Prefect ran in this process: see its doc
     )
     previous = None

@@ -122,6 +122,11 @@ class Collate:
         self._rings: dict[tuple[Any, ...], tuple[list[Tensor], list[int]]] = {}
         self._pid = -1
 
+    @classmethod
+    def for_prefetch(cls, prefetch_factor: int) -> Collate:
+        """The ring a DataLoader with this ``prefetch_factor`` can use safely (see above)."""
+        return cls(ring_slots=prefetch_factor + 2)
+
     def __call__(self, batch: Sequence[Any]) -> Any:
         return self._collate(batch, ())
 

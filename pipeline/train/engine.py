@@ -370,7 +370,7 @@ def fit(
                 (settings.seed * 1_000_003 + epoch) * 1009 + context.rank
             ),
             pin_memory=device.type == "cuda",
-            collate_fn=Collate(ring_slots=PREFETCH_BATCHES + 2),
+            collate_fn=Collate.for_prefetch(PREFETCH_BATCHES),
             prefetch_factor=PREFETCH_BATCHES if settings.num_workers else None,
         )
         model.train()
