@@ -103,8 +103,9 @@ def tile_project(image: Path, mask: Path, out: Path, threads: int) -> int:
     meta = StoreMeta(dataset="landcoverai", tile_size=TILE, class_names=LANDCOVERAI.class_names)
     record = tiling.SceneRecord(scene=image.stem, image=image, mask=mask, split="train")
     plan = tiling.plan_tiling([record], meta)
-    for scene in tiling.prepare_store(plan, out):
-        tiling.tile_scene(scene, out, meta, threads)
+    build = tiling.prepare_store(plan, out)
+    for scene in build.pending:
+        tiling.tile_scene(scene, build.directory, meta, threads)
     return len(tiling.finalize_store(plan, out))
 
 

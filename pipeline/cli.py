@@ -14,6 +14,7 @@ import typer
 
 from pipeline.env import apply_env_defaults
 from pipeline.errors import PipelineError
+from pipeline.files import disk_full
 
 app = typer.Typer(
     help="Subimage Overlap Prediction pipeline: download -> tile -> pretrain -> finetune -> "
@@ -40,7 +41,8 @@ DatasetsArg = Annotated[
 
 
 def one_line_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Report a PipelineError as one line naming the file or parameter, exit code 2."""
+    """Report a PipelineError, or a disk that filled up anywhere, as one line naming the file or
+    parameter, exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -48,6 +50,12 @@ def one_line_errors(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except PipelineError as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(2) from None
+        except OSError as exc:
+            full = disk_full(exc.filename or "a write", exc)
+            if full is None:
+                raise
+            typer.secho(f"error: {full}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2) from None
 
     return wrapper

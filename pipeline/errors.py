@@ -25,3 +25,11 @@ class TransientDownloadError(DownloadError):
 
 class ChecksumError(DownloadError):
     """A file's checksum differs from the one pinned in the catalog or params."""
+
+
+class DiskFullError(PipelineError):
+    """A write ran out of space (or quota); what was written before it is intact."""
+
+
+class CorruptCheckpointError(DataError):
+    """A checkpoint's bytes differ from the digest written with it."""

@@ -1,7 +1,8 @@
 """Real servers on 127.0.0.1 for tests.
 
 - :class:`FileServer`, for download tests: serves a folder, honours Range requests, and
-  misbehaves once on request (drop the connection mid-file, answer 500).
+  misbehaves once on request (drop the connection mid-file, answer 500, send wrong bytes, or
+  hold the request until the test releases it).
 - :func:`prefect_server` and :func:`mlflow_server`: ``prefect server start`` and
   ``mlflow server``, each with its own database in a temp folder (fixtures in conftest.py).
 """
@@ -25,10 +26,16 @@ BIN = Path(sys.executable).parent
 
 
 class FileServer:
+    """Faults are consumed one per request: "drop" (a third of the body, then the connection
+    closes), "500", "corrupt" (the full length, one byte changed: only a checksum can tell) and
+    "hang" (sets ``held``, waits for ``release`` before answering normally)."""
+
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.faults: list[str] = []  # consumed one per request: "drop", "500"
+        self.faults: list[str] = []
         self.requests: list[tuple[str, str | None]] = []
+        self.held = threading.Event()
+        self.release = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -40,6 +47,9 @@ class FileServer:
                 server.requests.append((path, self.headers.get("Range")))
                 fault = server.faults.pop(0) if server.faults else None
                 target = server.folder / path
+                if fault == "hang":
+                    server.held.set()
+                    server.release.wait(timeout=120)
                 if fault == "500":
                     self.send_error(500)
                     return
@@ -47,6 +57,9 @@ class FileServer:
                     self.send_error(404)
                     return
                 body = target.read_bytes()
+                if fault == "corrupt" and body:
+                    middle = len(body) // 2
+                    body = body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1 :]
                 start = 0
                 if self.headers.get("Range"):
                     start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-"))
@@ -66,6 +79,7 @@ class FileServer:
         self.thread.start()
 
     def close(self) -> None:
+        self.release.set()  # a held request must not keep shutdown() waiting
         self.httpd.shutdown()
         self.httpd.server_close()
 

@@ -1,14 +1,13 @@
-"""The pretrain stage end to end: outputs, MLflow, DDP through torchrun, resume after SIGKILL."""
+"""The pretrain stage end to end: outputs, MLflow, DDP through torchrun (kills and resumes:
+tests/reliability/test_interrupted_training.py)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -132,38 +131,6 @@ def test_ddp_on_two_cpu_processes_agrees_with_one_process_metrics(
     assert isinstance(final, dict)
     for key, value in single.items():
         assert final[key] == pytest.approx(value, abs=1e-5), key
-
-
-def test_a_stage_killed_halfway_resumes_to_the_uninterrupted_metrics(
-    pretext_store: Path, tmp_path: Path
-) -> None:
-    whole = project(tmp_path / "whole", pretext_store, epochs=15, processes=1, every=3)
-    finish(stage(whole))
-    expected, provenance, curve = outputs(whole)
-    assert provenance["resumed_from_step"] is None
-    assert len(curve) == 15  # 2 steps each: 30 steps
-
-    killed = project(tmp_path / "killed", pretext_store, epochs=15, processes=1, every=3)
-    process = stage(killed, start_new_session=True)
-    deadline = time.monotonic() + 300
-    checkpoints = checkpoint_root(killed)
-    while not any(checkpoints.glob("pretrain-*/step-0000001[3-9].pt")):
-        assert process.poll() is None, process.communicate()[0].decode()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)  # the stage and its Prefect server, as a scheduler would
-    process.wait()
-    assert not (killed / "metrics" / "pretrain" / "resnet_demo-32-0.0.json").exists()
-
-    finish(stage(killed))
-    resumed, provenance, _ = outputs(killed)
-    start = provenance["resumed_from_step"]
-    assert isinstance(start, int)
-    assert 13 <= start < 30
-    # Done: its checkpoints go (compute.keep_checkpoints is off).
-    assert not list(checkpoints.glob("pretrain-*"))
-    for key in DETERMINISTIC:
-        assert resumed[key] == expected[key], key
 
 
 def test_the_exported_encoder_is_encoder_a_alone(pretext_store: Path, tmp_path: Path) -> None:

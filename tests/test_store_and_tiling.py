@@ -35,8 +35,9 @@ def extracted(small_archive: SyntheticArchive, tmp_path_factory: pytest.TempPath
 
 def tile_all(records: list[SceneRecord], out: Path, meta: StoreMeta = META) -> None:
     plan = tiling.plan_tiling(records, meta)
-    for scene in tiling.prepare_store(plan, out):
-        tiling.tile_scene(scene, out, meta)
+    build = tiling.prepare_store(plan, out)
+    for scene in build.pending:
+        tiling.tile_scene(scene, build.directory, meta)
     tiling.finalize_store(plan, out)
 
 
@@ -96,26 +97,42 @@ def test_a_failed_scene_keeps_the_others_and_a_rerun_finishes(
     records = landcoverai_records(extracted)
     out = tmp_path / "tiles"
     plan = tiling.plan_tiling(records, META)
-    pending = tiling.prepare_store(plan, out)
+    pending = tiling.prepare_store(plan, out).pending
     tiling.tile_scene(pending[0], out, META)
     # A kill or failure here: the first scene's work is on disk, the second's is not.
-    assert [s.record.scene for s in tiling.prepare_store(plan, out)] == [records[1].scene]
+    assert [s.record.scene for s in tiling.prepare_store(plan, out).pending] == [records[1].scene]
     with pytest.raises(DataError, match="was not tiled"):
         tiling.finalize_store(plan, out)
-    for scene in tiling.prepare_store(plan, out):
+    for scene in tiling.prepare_store(plan, out).pending:
         tiling.tile_scene(scene, out, META)
     index = tiling.finalize_store(plan, out)
     assert len(index) == plan.n_tiles
-    assert tiling.prepare_store(plan, out) == []  # finished: nothing left to do
+    assert tiling.prepare_store(plan, out).pending == []  # finished: nothing left to do
 
 
-def test_a_changed_plan_starts_over(extracted: Path, tmp_path: Path) -> None:
+def test_a_changed_plan_is_built_beside_the_old_store_and_replaces_it_when_done(
+    extracted: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "tiles"
-    tile_all(landcoverai_records(extracted), out)
+    records = landcoverai_records(extracted)
+    tile_all(records, out)
+    old_hash = store.index_hash(out)
     smaller = StoreMeta(**{**META.__dict__, "tile_size": 256})
-    tile_all(landcoverai_records(extracted), out, smaller)
+    plan = tiling.plan_tiling(records, smaller)
+    build = tiling.prepare_store(plan, out)
+    assert build.directory == tiling.staging_dir(out)
+    tiling.tile_scene(build.pending[0], build.directory, smaller)
+    # Failed or killed halfway through the retile: the old store is whole and in place.
+    assert store.index_hash(out) == old_hash
+    assert TileStore(out).meta.tile_size == 512
+    resumed = tiling.prepare_store(plan, out)
+    assert resumed.directory == build.directory
+    assert [s.record.scene for s in resumed.pending] == [records[1].scene]
+    tiling.tile_scene(resumed.pending[0], resumed.directory, smaller)
+    tiling.finalize_store(plan, out)
     assert TileStore(out).meta.tile_size == 256
     assert TileStore(out).image(0).shape == (256, 256, 3)
+    assert not tiling.staging_dir(out).exists()
 
 
 def write_tif(path: Path, array: np.ndarray) -> Path:
@@ -163,7 +180,7 @@ def test_mask_values_outside_the_class_set_are_named(tmp_path: Path) -> None:
         write_tif(tmp_path / "s_m.tif", mask),
     )
     plan = tiling.plan_tiling([record], META)
-    (scene,) = tiling.prepare_store(plan, tmp_path / "tiles")
+    (scene,) = tiling.prepare_store(plan, tmp_path / "tiles").pending
     with pytest.raises(DataError, match=r"s_m\.tif: mask values \[9\] are outside"):
         tiling.tile_scene(scene, tmp_path / "tiles", META)
 
@@ -197,7 +214,7 @@ def test_four_band_scenes_need_explicit_bands(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="expected 3 bands"):
         tiling.plan_tiling([SceneRecord("s", image, mask)], META)
     plan = tiling.plan_tiling([SceneRecord("s", image, mask, bands=(1, 2, 3))], META)
-    (scene,) = tiling.prepare_store(plan, tmp_path / "tiles")
+    (scene,) = tiling.prepare_store(plan, tmp_path / "tiles").pending
     tiling.tile_scene(scene, tmp_path / "tiles", META)
     images, _ = store.open_arrays(tmp_path / "tiles")
     assert images[0, 0, 0].tolist() == [10, 20, 30]  # alpha dropped

@@ -75,15 +75,17 @@ def _find_root(folder: Path, marker: Callable[[Path], bool], what: str) -> Path:
 # LandCover.ai v1
 
 
-def _read_split_file(path: Path) -> list[str]:
+LANDCOVERAI_SPLIT_HINT = (
+    "the LandCover.ai archive ships train.txt, val.txt and test.txt beside images/ and masks/"
+)
+
+
+def _read_split_file(path: Path, missing_hint: str = LANDCOVERAI_SPLIT_HINT) -> list[str]:
     if not path.exists():
-        raise DataError(
-            f"{path}: split file missing; the LandCover.ai archive ships train.txt, "
-            "val.txt and test.txt beside images/ and masks/"
-        )
+        raise DataError(f"{path}: split file missing; {missing_hint}")
     ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not ids:
-        raise DataError(f"{path}: split file is empty")
+        raise DataError(f"{path}: split file is empty; list one id per line")
     return ids
 
 
@@ -334,7 +336,7 @@ def read_classes_file(path: Path) -> ClassesFile:
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
-        raise DataError(f"{path}: {key}: {first['msg']}") from None
+        raise DataError(f"{path}: {key}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def _scenes_in(folder: Path) -> dict[str, Path]:
@@ -360,11 +362,14 @@ def custom_dataset(name: str, spec: CustomDatasetParams, root: Path) -> DatasetI
             raise DataError(f"{folder}: no GeoTIFF/PNG/JPEG scenes ({param}.images)")
         split_files = {s: folder / f"{s}.txt" for s in ("train", "val", "test")}
         listed: dict[str, str] = {}
-        if all(p.exists() for p in split_files.values()):
+        # All three split files or none (then the seeded hash): one missing or empty is a mistake.
+        if any(p.exists() for p in split_files.values()):
+            hint = (
+                f"give train.txt, val.txt and test.txt in {folder}, or none of them to split "
+                "by data.split_fractions"
+            )
             for split, path in split_files.items():
-                listed.update(
-                    {line.strip(): split for line in path.read_text().splitlines() if line.strip()}
-                )
+                listed.update({stem: split for stem in _read_split_file(path, hint)})
         out = []
         for stem, image in scenes.items():
             mask = None

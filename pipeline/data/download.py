@@ -10,6 +10,7 @@ retries :class:`TransientDownloadError` with backoff and gives up at once on any
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
 import shutil
 import socket
@@ -18,6 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
@@ -84,21 +86,26 @@ def verify(path: Path, expected_md5: str | None, what: str) -> None:
         )
 
 
-def _http_error(url: str, exc: Exception) -> DownloadError:
+def _http_error(url: str, exc: Exception, param_name: str) -> DownloadError:
+    """The error for a failed request; those a retry cannot fix name ``param_name``, the
+    parameter that takes a mirror or a local copy instead."""
     if isinstance(exc, urllib.error.HTTPError):
         if exc.code >= 500 or exc.code in (408, 429):
             return TransientDownloadError(f"{url}: server answered HTTP {exc.code}")
-        return DownloadError(f"{url}: server answered HTTP {exc.code} {exc.reason}")
+        return DownloadError(
+            f"{url}: server answered HTTP {exc.code} {exc.reason}; set {param_name} in "
+            "params.yaml to a mirror or a local copy"
+        )
     reason = getattr(exc, "reason", exc)
     if isinstance(reason, socket.gaierror):
         return DownloadError(
-            f"{url}: host not found; offline? Set the source's url in params.yaml to a mirror "
-            "or to a local copy of the archive"
+            f"{url}: host not found; offline? Set {param_name} in params.yaml to a mirror "
+            "or to a local copy"
         )
     if isinstance(reason, ConnectionRefusedError):
         return DownloadError(
-            f"{url}: connection refused; set the source's url in params.yaml to a mirror or a "
-            "local copy"
+            f"{url}: connection refused; offline? Set {param_name} in params.yaml to a mirror "
+            "or to a local copy"
         )
     return TransientDownloadError(f"{url}: transfer failed ({reason})")
 
@@ -142,9 +149,9 @@ def download(
             # The part file already holds everything: verify it below.
             response = None
         else:
-            raise _http_error(url, exc) from None
+            raise _http_error(url, exc, param_name) from None
     except (urllib.error.URLError, OSError) as exc:
-        raise _http_error(url, exc) from None
+        raise _http_error(url, exc, param_name) from None
     if response is not None:
         with response:
             resumed = have and response.status == 206
@@ -184,17 +191,24 @@ def download(
             verifier(part, f"downloaded from {url}; set {param_name}")
         else:
             verify(part, expected_md5, f"downloaded from {url}; set {param_name} or its md5")
-    except ChecksumError:
-        part.replace(target.with_name(target.name + ".bad"))
-        raise
+    except ChecksumError as exc:
+        bad = target.with_name(target.name + ".bad")
+        part.replace(bad)
+        if verifier is not None:  # its message already names the .bad file
+            raise
+        # The message names the .part file, which is gone: say where the bytes lie now.
+        raise ChecksumError(f"{exc}; set aside as {bad}, never used") from None
     os.replace(part, target)
     return target
 
 
 def archive_stamp(archive: Path) -> str:
-    """Identifies the archive a folder was extracted from: a changed archive is re-extracted."""
-    stat_result = archive.stat()
-    return f"{archive.name} {stat_result.st_size} {stat_result.st_mtime_ns}"
+    """Identifies the archive a folder was extracted from: a changed archive is re-extracted.
+
+    By content, not modification time: an archive written again with the same bytes (the
+    demo's synthetic one, a fresh clone) leaves the extracted folder, and its DVC hash, as is.
+    """
+    return f"{archive.name} {archive.stat().st_size} md5:{md5_of(archive)}"
 
 
 def _member_problem(info: zipfile.ZipInfo) -> str | None:
@@ -214,18 +228,14 @@ def _member_problem(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
-def safe_extract(
+def _extract_checked(
     archive: Path,
-    target: Path,
-    *,
+    staging: Path,
     max_unpacked_bytes: int,
-    on_member: Callable[[int], None] | None = None,
-) -> Path:
-    """Extract a zip into ``target`` after checking every member; atomic at the folder level."""
-    marker = target / EXTRACTED_MARKER
-    stamp = archive_stamp(archive)
-    if marker.exists() and marker.read_text() == stamp:
-        return target
+    on_member: Callable[[int], None] | None,
+) -> None:
+    """Check every member, then extract them all into ``staging`` (created afresh)."""
+    member: str | None = None
     try:
         with zipfile.ZipFile(archive) as zf:
             members = zf.infolist()
@@ -237,24 +247,55 @@ def safe_extract(
                 total += info.file_size
             if total > max_unpacked_bytes:
                 raise DataError(
-                    f"{archive}: would unpack to {total / 1e9:.1f} GB, over the "
-                    f"{max_unpacked_bytes / 1e9:.1f} GB limit (data.download.max_unpacked_gb)"
+                    f"{archive}: would unpack to {total / 1e9:.3g} GB, over the "
+                    f"{max_unpacked_bytes / 1e9:.3g} GB limit (data.download.max_unpacked_gb)"
                 )
-            staging = target.with_name(target.name + ".extracting")
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
             with tqdm(
                 total=total, unit="B", unit_scale=True, desc=f"extract {archive.name}"
             ) as bar:
                 for info in members:
+                    member = info.filename
                     zf.extract(info, staging)
                     bar.update(info.file_size)
                     if on_member is not None:
                         on_member(info.file_size)
     except zipfile.BadZipFile as exc:
         raise DataError(f"{archive}: corrupt or truncated zip ({exc})") from None
-    except (zipfile.LargeZipFile, EOFError) as exc:
+    except (zlib.error, lzma.LZMAError, EOFError) as exc:
+        # A member's compressed bytes are damaged; the zip's directory was readable.
+        raise DataError(
+            f"{archive}: member {member!r} is corrupt ({exc}); fetch the archive again"
+        ) from None
+    except NotImplementedError as exc:  # e.g. Deflate64, which zipfile cannot read
+        raise DataError(
+            f"{archive}: cannot extract member {member!r} ({exc}); unpack the archive with "
+            "another tool and give its folder as the dataset's source url"
+        ) from None
+    except zipfile.LargeZipFile as exc:
         raise DataError(f"{archive}: cannot extract ({exc})") from None
+
+
+def safe_extract(
+    archive: Path,
+    target: Path,
+    *,
+    max_unpacked_bytes: int,
+    on_member: Callable[[int], None] | None = None,
+) -> Path:
+    """Extract a zip into ``target`` after checking every member; atomic at the folder level:
+    a refused or failed extraction leaves an earlier ``target`` as it was and no partial copy."""
+    marker = target / EXTRACTED_MARKER
+    stamp = archive_stamp(archive)
+    if marker.exists() and marker.read_text() == stamp:
+        return target
+    staging = target.with_name(target.name + ".extracting")
+    try:
+        _extract_checked(archive, staging, max_unpacked_bytes, on_member)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     (staging / EXTRACTED_MARKER).write_text(stamp)
     if target.exists():
         shutil.rmtree(target)

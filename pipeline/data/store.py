@@ -15,9 +15,11 @@ store never exists twice on disk.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +32,8 @@ import pyarrow.parquet as pq
 
 from pipeline.config import fraction_column
 from pipeline.data.subsets import membership
-from pipeline.errors import DataError
+from pipeline.errors import DataError, DiskFullError
+from pipeline.files import NO_SPACE, atomic_write
 
 STORE_VERSION = 1
 IMAGES_FILE = "images.npy"
@@ -77,16 +80,40 @@ def hist_column(class_id: int) -> str:
 
 
 def allocate(directory: Path, n_tiles: int, tile_size: int, has_masks: bool) -> None:
-    """Create the arrays at their final size (sparse on disk until written)."""
+    """Create the arrays at their final size, their disk space reserved up front.
+
+    The workers write through memory maps, and a write through a map onto a full disk kills the
+    process with SIGBUS, naming nothing. Reserving the blocks here turns a disk too small for
+    the store into a DiskFullError before any tile is cut.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     shape = (n_tiles, tile_size, tile_size)
-    np.lib.format.open_memmap(
-        directory / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=(*shape, 3)
-    ).flush()
-    if has_masks:
-        np.lib.format.open_memmap(
-            directory / MASKS_FILE, mode="w+", dtype=np.uint8, shape=shape
-        ).flush()
+    arrays = [(IMAGES_FILE, (*shape, 3))] + ([(MASKS_FILE, shape)] if has_masks else [])
+    for name, array_shape in arrays:
+        path = directory / name
+        try:
+            np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=array_shape).flush()
+            with open(path, "r+b") as handle:
+                _reserve(handle.fileno())
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            if exc.errno not in NO_SPACE:
+                raise
+            needed = n_tiles * tile_size * tile_size * (4 if has_masks else 3)
+            raise DiskFullError(
+                f"{directory}: no space left for the tile store ({needed / 1e9:.2f} GB for "
+                f"{n_tiles} tiles, {shutil.disk_usage(directory).free / 1e9:.2f} GB free); free "
+                "space or move the project and rerun"
+            ) from None
+
+
+def _reserve(fd: int) -> None:
+    """Allocate a file's blocks; a file system that cannot keeps the file sparse."""
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+            raise
 
 
 Memmap = np.memmap[Any, np.dtype[np.uint8]]
@@ -127,11 +154,8 @@ def write_index(directory: Path, index: pd.DataFrame, meta: StoreMeta) -> Path:
         {**(table.schema.metadata or {}), _META_KEY: meta.to_json()}
     )
     target = directory / INDEX_FILE
-    tmp = target.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
+    with atomic_write(target) as handle:
+        pq.write_table(table, handle)
     return target
 
 

@@ -1086,7 +1086,8 @@ def synthetic_tile_store(
         zf.extractall(work / "raw")
     meta = StoreMeta(dataset="landcoverai", tile_size=512, class_names=LANDCOVERAI.class_names)
     plan = tiling.plan_tiling(landcoverai_records(work / "raw"), meta)
-    for scene in tiling.prepare_store(plan, work / "tiles"):
-        tiling.tile_scene(scene, work / "tiles", meta)
+    build = tiling.prepare_store(plan, work / "tiles")
+    for scene in build.pending:
+        tiling.tile_scene(scene, build.directory, meta)
     tiling.finalize_store(plan, work / "tiles")
     return work / "tiles"

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -30,8 +31,10 @@ from rasterio.windows import Window
 from pipeline.data import store
 from pipeline.data.store import StoreMeta
 from pipeline.errors import DataError
+from pipeline.files import atomic_write, write_text
 
 PLAN_FILE = "plan.json"
+STAGING_SUFFIX = ".next"
 GDAL_CACHE_MB = 64
 PROGRESS_DIR = ".progress"
 UNASSIGNED = "unassigned"
@@ -260,25 +263,59 @@ def plan_tiling(records: Sequence[SceneRecord], meta: StoreMeta) -> TilingPlan:
         grid = tuple(tile_grid(height, width, meta.tile_size, meta.remainder))
         scenes.append(ScenePlan(record, height, width, grid, offset))
         offset += len(grid)
+    if scenes and offset == 0:
+        # Before the store is touched: an earlier store is kept rather than replaced by nothing.
+        largest = max(scenes, key=lambda s: s.height * s.width)
+        raise DataError(
+            f"data.tiling.{meta.dataset}.tile_size: no scene holds a full "
+            f"{meta.tile_size}x{meta.tile_size} tile (the largest, {largest.record.image.name}, "
+            f"is {largest.width}x{largest.height}); lower it"
+        )
     return TilingPlan(meta, tuple(scenes))
 
 
-def prepare_store(plan: TilingPlan, out_dir: Path) -> list[ScenePlan]:
-    """Allocate the store (or keep a partial one of the same plan); return the scenes to cut."""
+class StoreBuild(NamedTuple):
+    directory: Path  # where the scenes are cut: the store itself, or its staging folder
+    pending: list[ScenePlan]  # the scenes still to cut
+
+
+def staging_dir(out_dir: Path) -> Path:
+    """Where a changed plan is built while the finished store of the old one stays usable."""
+    return out_dir.with_name(out_dir.name + STAGING_SUFFIX)
+
+
+def _holds_plan(directory: Path, fingerprint: str) -> bool:
+    plan_path = directory / PLAN_FILE
+    return (
+        plan_path.exists() and json.loads(plan_path.read_text()).get("fingerprint") == fingerprint
+    )
+
+
+def prepare_store(plan: TilingPlan, out_dir: Path) -> StoreBuild:
+    """Where to cut which scenes: resume a partial store of the same plan, or start one.
+
+    A finished store of another plan is never deleted here: the new one is built beside it
+    (``<out>.next``) and replaces it only once complete (:func:`finalize_store`), so a retile
+    that fails on a corrupt scene, a full disk or a kill leaves the old store whole.
+    """
     fingerprint = plan.fingerprint()
-    plan_path = out_dir / PLAN_FILE
-    progress = out_dir / PROGRESS_DIR
-    if plan_path.exists() and json.loads(plan_path.read_text()).get("fingerprint") == fingerprint:
-        if (out_dir / store.INDEX_FILE).exists():
-            return []
-        done = {p.stem for p in progress.glob("*.parquet")}
-        return [s for s in plan.scenes if s.record.scene not in done]
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    store.allocate(out_dir, plan.n_tiles, plan.meta.tile_size, plan.meta.has_masks)
-    progress.mkdir(parents=True)
-    plan_path.write_text(json.dumps({"fingerprint": fingerprint, "n_tiles": plan.n_tiles}))
-    return list(plan.scenes)
+    if _holds_plan(out_dir, fingerprint):
+        work = out_dir
+    elif _holds_plan(staging_dir(out_dir), fingerprint):
+        work = staging_dir(out_dir)
+    else:
+        work = staging_dir(out_dir) if (out_dir / store.INDEX_FILE).exists() else out_dir
+        shutil.rmtree(work, ignore_errors=True)  # a partial store of another plan
+        store.allocate(work, plan.n_tiles, plan.meta.tile_size, plan.meta.has_masks)
+        (work / PROGRESS_DIR).mkdir(parents=True)
+        write_text(
+            work / PLAN_FILE, json.dumps({"fingerprint": fingerprint, "n_tiles": plan.n_tiles})
+        )
+        return StoreBuild(work, list(plan.scenes))
+    if (work / store.INDEX_FILE).exists():
+        return StoreBuild(work, [])
+    done = {p.stem for p in (work / PROGRESS_DIR).glob("*.parquet")}
+    return StoreBuild(work, [s for s in plan.scenes if s.record.scene not in done])
 
 
 def _to_uint8(strip: npt.NDArray[Any], scale: tuple[float, float] | None) -> npt.NDArray[np.uint8]:
@@ -368,6 +405,7 @@ def tile_scene(scene: ScenePlan, out_dir: Path, meta: StoreMeta, threads: int = 
     for k, y, x in scene.grid:
         by_row.setdefault(y, []).append((k, y, x))
     buffer = np.empty((size, scene.width, 3), dtype=np.uint8)
+    reading = record.image  # the file a read failure is about
     try:
         with ExitStack() as stack:
             stack.enter_context(
@@ -379,7 +417,9 @@ def tile_scene(scene: ScenePlan, out_dir: Path, meta: StoreMeta, threads: int = 
             for y, cells in by_row.items():
                 # One strip per tile row: bounded memory and few, large reads.
                 window = Window(0, y, max(x for _, _, x in cells) + size, size)
+                reading = record.image
                 strip = _read_strip(src, record, window, buffer)
+                reading = record.mask or record.image
                 mask_strip = msk.read(window=window) if msk is not None else None
                 for k, _, x in cells:
                     images[position] = strip[:, x : x + size]
@@ -408,14 +448,15 @@ def tile_scene(scene: ScenePlan, out_dir: Path, meta: StoreMeta, threads: int = 
                     rows.append(row)
                     position += 1
     except RasterioError as exc:
-        raise DataError(f"{record.image}: read failed ({exc})") from None
+        # GDAL's own words (which block failed) are in the cause; rasterio's say "see above".
+        raise DataError(
+            f"{reading}: read failed, the file is corrupt or truncated ({exc.__cause__ or exc})"
+        ) from None
     images.flush()
     if masks is not None:
         masks.flush()
-    marker = out_dir / PROGRESS_DIR / f"{record.scene}.parquet"
-    tmp = marker.with_suffix(".tmp")
-    pd.DataFrame(rows).to_parquet(tmp, index=False)
-    tmp.replace(marker)
+    with atomic_write(out_dir / PROGRESS_DIR / f"{record.scene}.parquet") as handle:
+        pd.DataFrame(rows).to_parquet(handle, index=False)
     return len(rows)
 
 
@@ -426,7 +467,19 @@ def _split_of(record: SceneRecord, k: int) -> str:
 
 
 def finalize_store(plan: TilingPlan, out_dir: Path) -> pd.DataFrame:
-    """Gather the scenes' rows into index.parquet, with the label-fraction subsets."""
+    """Gather the scenes' rows into index.parquet, with the label-fraction subsets; a store
+    built in the staging folder then replaces the old one."""
+    staging = staging_dir(out_dir)
+    if _holds_plan(staging, plan.fingerprint()):
+        index = _write_index(plan, staging)
+        # A kill between these two steps leaves the finished staging store, taken next run.
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(staging, out_dir)
+        return index
+    return _write_index(plan, out_dir)
+
+
+def _write_index(plan: TilingPlan, out_dir: Path) -> pd.DataFrame:
     index_path = out_dir / store.INDEX_FILE
     if index_path.exists():
         return store.read_index(out_dir)[0]

@@ -18,6 +18,7 @@ from typing import Any
 from pipeline import tracking
 from pipeline.config import Params, params_to_yaml
 from pipeline.errors import PipelineError
+from pipeline.files import atomic_write, write_text
 
 
 @contextmanager
@@ -118,8 +119,7 @@ def json_safe(value: Any) -> Any:
 
 
 def write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_safe(value), indent=2))
+    write_text(path, json.dumps(json_safe(value), indent=2))
 
 
 def run_job(job: Any, processes: int, work: Path) -> dict[str, Any]:
@@ -138,9 +138,8 @@ def run_job(job: Any, processes: int, work: Path) -> dict[str, Any]:
 
 def write_curve(path: Path, history: list[dict[str, float]]) -> None:
     """Per-epoch metrics as a CSV (a DVC plot): a column per metric, in the history's order."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(k for row in history for k in row))
-    with open(path, "w", newline="") as handle:
+    with atomic_write(path, "w") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in history:

@@ -21,9 +21,10 @@ from pipeline.data import catalog, download, store, tiling
 from pipeline.data.catalog import RemoteFile
 from pipeline.data.store import StoreMeta
 from pipeline.errors import DataError, DownloadError, TransientDownloadError
-from pipeline.flows.common import api_for_subprocesses, tracked_run
+from pipeline.flows.common import api_for_subprocesses, tracked_run, write_json
 
 SOURCE_FILE = "source.json"
+RETRY_DELAYS_S = (2.0, 10.0, 30.0, 60.0)
 
 
 def raw_dir(root: Path, dataset: str) -> Path:
@@ -102,11 +103,16 @@ def resolve_locations(
     return locations
 
 
+def retry_delays(retries: int) -> list[float]:
+    """Seconds before each retry (``data.download.retries`` of them): 2, 10, 30, then 60."""
+    return [RETRY_DELAYS_S[min(i, len(RETRY_DELAYS_S) - 1)] for i in range(retries)]
+
+
 @task(
     name="fetch-archive",
     task_run_name="fetch {location.remote.filename}",
-    retries=4,
-    retry_delay_seconds=[2, 10, 30, 60],
+    retries=len(RETRY_DELAYS_S),
+    retry_delay_seconds=list(RETRY_DELAYS_S),
     retry_condition_fn=retry_if_transient,
     cache_policy=NONE,
 )
@@ -158,12 +164,18 @@ def download_flow(dataset: str, params: Params, root: Path) -> Path:
             if not folder.is_dir():
                 raise DataError(f"{folder}: not a folder (data.custom.{dataset}.images)")
             extracted.append(
-                {"archive": None, "location": str(folder), "md5": None, "folder": str(folder)}
+                {
+                    "archive": None,
+                    "location": _portable(folder, root),
+                    "md5": None,
+                    "folder": _portable(folder, root),
+                }
             )
         for location in resolve_locations(info, source, root, dataset):
-            archive = fetch_archive(
-                location, out / "archives", data.download.timeout_s, f"data.sources.{dataset}.url"
-            )
+            archive = fetch_archive.with_options(
+                retries=data.download.retries,
+                retry_delay_seconds=retry_delays(data.download.retries),
+            )(location, out / "archives", data.download.timeout_s, f"data.sources.{dataset}.url")
             folder = extract_archive(
                 archive,
                 out / "extracted" / Path(location.remote.filename).stem,
@@ -171,9 +183,9 @@ def download_flow(dataset: str, params: Params, root: Path) -> Path:
             )
             entry = {
                 "archive": location.remote.filename,
-                "location": location.url or str(location.path),
+                "location": location.url or _portable(location.path, root),
                 "md5": location.md5,
-                "folder": str(Path(folder).resolve()),
+                "folder": _portable(folder, root),
             }
             if all(e["folder"] != entry["folder"] for e in extracted):
                 extracted.append(entry)
@@ -184,9 +196,7 @@ def download_flow(dataset: str, params: Params, root: Path) -> Path:
             ):
                 Path(archive).unlink()
         out.mkdir(parents=True, exist_ok=True)
-        (out / SOURCE_FILE).write_text(
-            json.dumps({"dataset": dataset, "sources": extracted}, indent=2)
-        )
+        write_json(out / SOURCE_FILE, {"dataset": dataset, "sources": extracted})
         mlflow.log_metric("seconds", time.perf_counter() - started)
         mlflow.log_dict({"sources": extracted}, "sources.json")
         print(f"{dataset}: ready in {out} (MLflow run {run.info.run_id})")
@@ -200,11 +210,20 @@ def tile_scene_task(
     return tiling.tile_scene(scene, out_dir, meta, threads)
 
 
-def _source_folders(raw: Path) -> list[Path]:
+def _portable(path: Path | None, root: Path) -> str | None:
+    """``path`` relative to the pipeline root when inside it (a clone elsewhere writes the same
+    manifest, so DVC sees the same output), else absolute."""
+    if path is None:
+        return None
+    resolved, base = Path(path).resolve(), root.resolve()
+    return resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else str(resolved)
+
+
+def _source_folders(raw: Path, root: Path) -> list[Path]:
     manifest = raw / SOURCE_FILE
     if not manifest.exists():
         raise DataError(f"{manifest}: missing; run the download stage for this dataset first")
-    return [Path(s["folder"]) for s in json.loads(manifest.read_text())["sources"]]
+    return [root / s["folder"] for s in json.loads(manifest.read_text())["sources"]]
 
 
 @flow(name="tile", flow_run_name="tile-{dataset}", log_prints=True)
@@ -230,7 +249,7 @@ def tile_flow(dataset: str, params: Params, root: Path) -> dict[str, Any]:
 
         records = [
             r
-            for folder in _source_folders(raw_dir(root, dataset))
+            for folder in _source_folders(raw_dir(root, dataset), root)
             for r in info.scene_records(folder, data)
         ]
         meta = StoreMeta(
@@ -246,17 +265,22 @@ def tile_flow(dataset: str, params: Params, root: Path) -> dict[str, Any]:
             subset_seed=data.subset_seed,
         )
         plan = tiling.plan_tiling(records, meta)
-        pending = tiling.prepare_store(plan, out)
+        build = tiling.prepare_store(plan, out)
         print(
             f"{dataset}: {len(plan.scenes)} scenes, {plan.n_tiles} tiles, "
-            f"{len(plan.scenes) - len(pending)} scenes already done"
+            f"{len(plan.scenes) - len(build.pending)} scenes already done"
+            + (
+                f"; building beside the old store in {build.directory}"
+                if build.directory != out
+                else ""
+            )
         )
-        if pending:
-            _tile_scenes(pending, out, meta, data.workers, dataset)
+        if build.pending:
+            _tile_scenes(build.pending, build.directory, meta, data.workers, dataset)
         index = tiling.finalize_store(plan, out)
         summary = tiling.summarize(index, meta)
         summary["seconds"] = round(time.perf_counter() - started, 2)
-        summary_path(root, dataset).write_text(json.dumps(summary, indent=2))
+        write_json(summary_path(root, dataset), summary)
         mlflow.set_tag(tracking.TILE_INDEX_TAG, store.index_hash(out))
         mlflow.log_metrics(
             {

@@ -31,7 +31,6 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from prefect import flow
-from safetensors.torch import load_file
 
 from pipeline.config import Params, base_init, params_to_yaml, sop_variant, split_model
 from pipeline.data import store as tile_store
@@ -49,7 +48,7 @@ from pipeline.flows.pretrain import model_dir as pretrain_dir
 from pipeline.models.backbones import create_backbone
 from pipeline.models.inits import INITS, init_state, load_init
 from pipeline.models.segmenters import create_segmenter
-from pipeline.models.weights import save_encoder
+from pipeline.models.weights import read_state_dict, save_encoder
 from pipeline.train import distributed
 from pipeline.train.engine import validation_loader
 from pipeline.train.finetune import (
@@ -401,7 +400,7 @@ def evaluate_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
     split, rows, note = evaluation_rows(store, cell.dataset)
     device = torch.device(resolve_device(params))
     model = create_segmenter(cell.backbone, len(meta.class_names), f.input_size)
-    model.load_state_dict(load_file(out / BEST_WEIGHTS_FILE))
+    model.load_state_dict(read_state_dict(out / BEST_WEIGHTS_FILE))
     model.to(device)
     task = SegmentationTask.for_store(model, meta, base_init(cell.init), f)
     run_name = f"{cell.dataset}-{cell.name}"

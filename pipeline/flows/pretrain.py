@@ -158,7 +158,7 @@ def pretrain_flow(
             "resumed_from_step": result["resumed_from"],
             **{k: result[k] for k in ("steps", "train_tiles", "val_tiles", "starting_weights")},
         }
-        (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
+        write_json(out / PROVENANCE_FILE, provenance)
         metrics = {
             **{k: round(v, 4) for k, v in final.items() if k != "epoch"},
             "epochs": int(final["epoch"]),

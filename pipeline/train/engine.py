@@ -21,8 +21,9 @@ task turns the totals into metrics, so the figures equal a single process's.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
-import os
 import random
 import threading
 import time
@@ -40,11 +41,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm import tqdm
 
 from pipeline.data.loaders import Collate, collate
+from pipeline.errors import CorruptCheckpointError
+from pipeline.faults import failpoint
+from pipeline.files import atomic_write, write_text
 from pipeline.train import distributed
 from pipeline.train.distributed import Distributed
 
 CHECKPOINT_GLOB = "step-*.pt"
 BEST_FILE = "best.pt"
+DIGEST_SUFFIX = ".sha256"  # beside each checkpoint: the sha256 of its bytes
 PREFETCH_BATCHES = 4  # per worker: rides out a slow batch without starving the step
 READOUT_EVERY = 20  # steps between progress readouts, the only host syncs while training
 
@@ -124,9 +129,38 @@ def best_epoch(history: Sequence[Mapping[str, float]], metric: str) -> int | Non
 
 def load_best(checkpoint_dir: Path) -> dict[str, Any]:
     """``{"model": state dict, "epoch": int, "metric": str, "value": float}`` of best.pt."""
-    state: dict[str, Any] = torch.load(
-        checkpoint_dir / BEST_FILE, map_location="cpu", weights_only=True
-    )
+    return load_checkpoint(checkpoint_dir / BEST_FILE)
+
+
+def _digest_file(path: Path) -> Path:
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint this engine wrote: its bytes checked against the digest written with it,
+    then read with ``weights_only`` (tensors and plain containers; no pickled code runs).
+
+    The digest catches what torch's reader does not: its zip entries are stored without
+    compression, so a zeroed block inside a tensor loads as garbage weights without it.
+    """
+    data = path.read_bytes()
+    digest = _digest_file(path)
+    if digest.exists() and digest.read_text().strip() != hashlib.sha256(data).hexdigest():
+        raise CorruptCheckpointError(
+            f"{path}: its bytes differ from the sha256 in {digest.name} (corrupt or torn)"
+        )
+    try:
+        state: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch's reader raises several kinds for a damaged file
+        # weights_only meeting an object it will not build raises pickle's UnpicklingError
+        # (matched by name: nothing in the pipeline imports pickle, and a test keeps it so).
+        if type(exc).__name__ == "UnpicklingError":
+            raise CorruptCheckpointError(
+                f"{path}: refused: it holds pickled objects besides tensors (possibly code, "
+                "never run here); delete it, or re-save it as tensors only"
+            ) from None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CorruptCheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
     return state
 
 
@@ -218,12 +252,15 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 def _atomic_save(state: Mapping[str, Any], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(dict(state), handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """Serialise in memory, then write: torch's writer turns a failed write (a full disk) into
+    an unhelpful RuntimeError, a plain file write raises the OSError that names it. The digest
+    goes first, so no checkpoint is ever in place without its own."""
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    payload = buffer.getbuffer()
+    write_text(_digest_file(path), hashlib.sha256(payload).hexdigest())
+    with atomic_write(path, point="checkpoint.write") as handle:
+        handle.write(payload)
 
 
 def _checkpoints(directory: Path) -> list[Path]:
@@ -234,8 +271,7 @@ def latest_checkpoint(directory: Path) -> dict[str, Any] | None:
     """The newest checkpoint that loads; a corrupt newest one falls back to the previous."""
     for path in reversed(_checkpoints(directory)):
         try:
-            state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-            return state
+            return load_checkpoint(path)
         except Exception as exc:  # a torn or corrupt file: warn and try the one before
             warnings.warn(f"{path}: unreadable checkpoint skipped ({exc})", stacklevel=2)
     return None
@@ -391,6 +427,7 @@ def fit(
             seen += 1
             step += 1
             bar.update(1)
+            failpoint("train.step")
             if step % READOUT_EVERY == 0:
                 elapsed = time.perf_counter() - tick
                 rate = (step - tick_step) * settings.batch_size / elapsed
@@ -474,4 +511,5 @@ def _save(
         )
         for old in _checkpoints(settings.checkpoint_dir)[: -settings.keep_checkpoints]:
             old.unlink(missing_ok=True)
+            _digest_file(old).unlink(missing_ok=True)
     distributed.barrier(context)

@@ -30,6 +30,8 @@ from pipeline.config import FinetuneParams, base_init, load_params
 from pipeline.data.loaders import Dihedral
 from pipeline.data.store import StoreMeta, TileStore
 from pipeline.errors import DataError, ParamsError
+from pipeline.faults import failpoint
+from pipeline.files import write_text
 from pipeline.models.inits import Normalisation, load_init, normalisation_for
 from pipeline.models.segmenters import create_segmenter
 from pipeline.models.weights import read_state_dict, save_encoder
@@ -326,11 +328,12 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
         "val_tiles": len(val_rows),
         "loaded_tensors": report.loaded,
     }
+    failpoint("outputs.write")
     if context.is_main:
         job.out_dir.mkdir(parents=True, exist_ok=True)
         best = load_best(job.checkpoint_dir)
         model.load_state_dict(best["model"])
         save_encoder(model, job.out_dir / BEST_WEIGHTS_FILE, {"epoch": str(best["epoch"])})
-        (job.out_dir / RESULT_FILE).write_text(json.dumps(summary, indent=2))
+        write_text(job.out_dir / RESULT_FILE, json.dumps(summary, indent=2))
     distributed.barrier(context)
     return summary

@@ -18,6 +18,8 @@ from pipeline.config import load_params
 from pipeline.data.loaders import resize_tile
 from pipeline.data.store import TileStore
 from pipeline.errors import DataError
+from pipeline.faults import failpoint
+from pipeline.files import write_text
 from pipeline.models.overlap import create_overlap_model
 from pipeline.models.weights import load_starting_weights, save_encoder
 from pipeline.train import distributed
@@ -255,9 +257,10 @@ def run_pretrain(job: PretrainJob) -> dict[str, Any]:
         "val_tiles": len(val_rows),
         "starting_weights": report.source if report else "none",
     }
+    failpoint("outputs.write")
     if context.is_main:
         job.out_dir.mkdir(parents=True, exist_ok=True)
         save_encoder(model.encoder, job.out_dir / ENCODER_FILE)  # type: ignore[arg-type]
-        (job.out_dir / RESULT_FILE).write_text(json.dumps(summary, indent=2))
+        write_text(job.out_dir / RESULT_FILE, json.dumps(summary, indent=2))
     distributed.barrier(context)
     return summary
