@@ -106,7 +106,7 @@ def test_offline_names_the_parameter(tmp_path: Path) -> None:
         datasets=["landcoverai"],
         sources={"landcoverai": {"url": "http://127.0.0.1:9/landcover.ai.v1.zip"}},
     )
-    with pytest.raises(DownloadError, match=r"set the source's url in params\.yaml"):
+    with pytest.raises(DownloadError, match=r"Set data\.sources\.landcoverai\.url in params\.yaml"):
         download_flow("landcoverai", p, tmp_path)
 
 
