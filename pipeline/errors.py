@@ -32,4 +32,5 @@ class DiskFullError(PipelineError):
 
 
 class CorruptCheckpointError(DataError):
-    """A checkpoint's bytes differ from the digest written with it."""
+    """A checkpoint is unreadable, holds more than tensors, or its bytes differ from the digest
+    written with it."""

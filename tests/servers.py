@@ -108,6 +108,17 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], what: str, timeout
         time.sleep(0.5)
 
 
+def stop_group(process: subprocess.Popen[bytes]) -> None:
+    """Stop a server started in its own process group: SIGTERM, then SIGKILL after 30 s."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+
+
 @contextmanager
 def _serving(
     command: list[str], env: dict[str, str], health: str, what: str, log: Path
@@ -124,13 +135,7 @@ def _serving(
                 raise RuntimeError(f"{exc}; its log: {log.read_text()[-2000:]}") from None
             yield
         finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait(30)
+            stop_group(process)
 
 
 @contextmanager

@@ -37,19 +37,27 @@ pytestmark = pytest.mark.slow
 # (failpoint, the step the rerun resumes from). Pretraining writes step checkpoints at steps
 # 2 3 4 6 8 9 10 12 and keeps the newest two; fine-tuning writes steps 2 3 4 6 8 9, and best.pt
 # before each epoch-end step (always after epoch 1: it is the best so far).
-PRETRAIN_KILLS = [
-    pytest.param("train.step@5", 4, id="mid-epoch"),
-    pytest.param("checkpoint.write@5", 6, id="mid-checkpoint-write"),
-    pytest.param("outputs.write@1", 12, id="after-training"),
-]
-FINETUNE_KILLS = [
-    pytest.param("train.step@5", 4, id="mid-epoch"),
-    pytest.param("checkpoint.write@3", 2, id="mid-checkpoint-write"),
-    pytest.param("outputs.write@1", 9, id="after-training"),
+KILLS = [
+    pytest.param("pretrain", "train.step@5", 4, id="pretrain-mid-epoch"),
+    pytest.param("pretrain", "checkpoint.write@5", 6, id="pretrain-mid-checkpoint-write"),
+    pytest.param("pretrain", "outputs.write@1", 12, id="pretrain-after-training"),
+    pytest.param("finetune", "train.step@5", 4, id="finetune-mid-epoch"),
+    pytest.param("finetune", "checkpoint.write@3", 2, id="finetune-mid-checkpoint-write"),
+    pytest.param("finetune", "outputs.write@1", 9, id="finetune-after-training"),
 ]
 
 
-def _kill_and_resume(stage: Stage, tmp_path: Path, failpoint: str, resumed_from: int) -> None:
+@pytest.mark.fault
+@pytest.mark.resumed
+@pytest.mark.parametrize(("stage_name", "failpoint", "resumed_from"), KILLS)
+def test_a_killed_stage_resumes_to_the_uninterrupted_result(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    stage_name: str,
+    failpoint: str,
+    resumed_from: int,
+) -> None:
+    stage: Stage = request.getfixturevalue(stage_name)
     root = stage.copy(tmp_path)
     before = snapshot(root)
     first = stage.run(root, failpoint)
@@ -73,24 +81,6 @@ def _kill_and_resume(stage: Stage, tmp_path: Path, failpoint: str, resumed_from:
     record = stage.assert_matches_uninterrupted(root)
     assert record["resumed_from_step"] == resumed_from
     assert not checkpoints.exists()  # done: its checkpoints go (keep_checkpoints is off)
-
-
-@pytest.mark.fault
-@pytest.mark.resumed
-@pytest.mark.parametrize(("failpoint", "resumed_from"), PRETRAIN_KILLS)
-def test_pretraining_killed_resumes_to_the_uninterrupted_result(
-    pretrain: Stage, tmp_path: Path, failpoint: str, resumed_from: int
-) -> None:
-    _kill_and_resume(pretrain, tmp_path, failpoint, resumed_from)
-
-
-@pytest.mark.fault
-@pytest.mark.resumed
-@pytest.mark.parametrize(("failpoint", "resumed_from"), FINETUNE_KILLS)
-def test_finetuning_killed_resumes_to_the_uninterrupted_result(
-    finetune: Stage, tmp_path: Path, failpoint: str, resumed_from: int
-) -> None:
-    _kill_and_resume(finetune, tmp_path, failpoint, resumed_from)
 
 
 @pytest.mark.fault

@@ -28,7 +28,7 @@ import pytest
 
 from pipeline.stagehost import stage_host
 from tests.reliability.conftest import REPO
-from tests.servers import BIN, FileServer, free_port
+from tests.servers import BIN, FileServer, free_port, stop_group
 
 pytestmark = [
     pytest.mark.slow,
@@ -133,13 +133,7 @@ def started(
         try:
             yield process
         finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait(30)
+            stop_group(process)
 
 
 def wait_listening(process: subprocess.Popen[bytes], port: int, log: Path) -> set[tuple[str, int]]:
