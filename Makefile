@@ -72,7 +72,7 @@ mlflow-ui: install  ## Serve the demo's MLflow runs on http://127.0.0.1:5000.
 	$(BIN)/sop mlflow-ui --params demo/params.yaml
 
 clean-demo:  ## Remove everything the demo produced.
-	rm -rf demo/data demo/archive demo/models demo/metrics demo/plots demo/reports demo/mlflow.db \
+	rm -rf demo/data demo/archive demo/models demo/metrics demo/plots demo/reports demo/mlflow.db demo/mlflow.db.lock \
 		demo/mlartifacts demo/.sop
 
 clean: clean-demo  ## Also remove the virtual environment.

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
@@ -314,9 +315,16 @@ def repro(
         )
     root = params_file.resolve().parent
     apply_env_defaults(root)
-    from pipeline.flows import paper_flow
+    from pipeline.stagehost import stage_host
+    from pipeline.tracking import tracking_uri
 
-    summary = paper_flow(str(root), targets, push, glob, warm)
+    # The host imports the stack while Prefect's server starts (seconds each), not after it:
+    # the flow then finds it running.
+    host = stage_host(root / ".sop", mlflow_uri=tracking_uri(root)) if warm else nullcontext()
+    with host:
+        from pipeline.flows import paper_flow
+
+        summary = paper_flow(str(root), targets, push, glob, warm)
     typer.echo(
         f"MLflow parent run {summary['parent_run_id']}; artifacts: "
         f"{', '.join(summary['artifacts']) or 'none'}; pushed: {summary['pushed']}"

@@ -37,11 +37,29 @@ DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 MAX_PARAM_VALUE = 6000  # MLflow 3's limit on a param value's length
 PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch call
+SQLITE_PREFIX = "sqlite:///"
 
 
 def tracking_uri(root: Path) -> str:
     """``MLFLOW_TRACKING_URI`` if set, else the sqlite file at the pipeline's root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / DB_FILE).resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE_PREFIX}{(root / DB_FILE).resolve()}"
+
+
+@contextmanager
+def store_setup_lock(uri: str) -> Iterator[None]:
+    """Held while a process opens a SQLite tracking store: the first opening creates its
+    tables, and two processes doing that at once (the stage host warming the store while
+    ``sop repro`` opens its parent run) fail. Other stores need no lock."""
+    if not uri.startswith(SQLITE_PREFIX):
+        yield
+        return
+    import fcntl
+
+    database = Path(uri.removeprefix(SQLITE_PREFIX))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def artifact_location(root: Path) -> str | None:
@@ -128,12 +146,13 @@ def stage_run(
         mlflow.set_tracking_uri(uri)
         client = mlflow.MlflowClient()
         parent = os.environ.get(PARENT_RUN_ENV)
-        if parent:
-            # The UI nests a child under its parent only within one experiment.
-            experiment_id = _parent_experiment(client, parent, uri)
-        else:
-            name = experiment_name(stage, experiment_prefix)
-            experiment_id = _experiment_id(client, name, location)
+        with store_setup_lock(uri):
+            if parent:
+                # The UI nests a child under its parent only within one experiment.
+                experiment_id = _parent_experiment(client, parent, uri)
+            else:
+                name = experiment_name(stage, experiment_prefix)
+                experiment_id = _experiment_id(client, name, location)
         tags = run_tags(root, stage=stage, tile_index_hash=tile_index_hash)
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
             flat = list(flatten(params).items())
@@ -203,7 +222,8 @@ def parent_run(
         os.environ.pop(PARENT_RUN_ENV, None)
         mlflow.set_tracking_uri(uri)
         client = mlflow.MlflowClient(uri)
-        experiment_id = _experiment_id(client, experiment_prefix, location)
+        with store_setup_lock(uri):
+            experiment_id = _experiment_id(client, experiment_prefix, location)
         tags = run_tags(root, stage="grid")
         tags.pop("dvc.stage", None)
         tags["dvc.targets"] = " ".join(targets) if targets else "(all)"

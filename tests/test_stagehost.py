@@ -40,6 +40,14 @@ def main() -> None:
         client.log_metric(run.info.run_id, "stage", float(sys.argv[3]))
         print("run", run.info.run_id)
         raise SystemExit(0)
+    if sys.argv[1] == "frozen":  # what the collector leaves alone in the stage
+        import gc
+        print("frozen", gc.get_freeze_count())
+        raise SystemExit(0)
+    if sys.argv[1] == "prefect":  # the API URL Prefect will use in the stage
+        from prefect.settings import get_current_settings
+        print("api", get_current_settings().api.url)
+        raise SystemExit(0)
     if sys.argv[1] == "spawn":  # as the tile stage's process pool does
         import multiprocessing
         with multiprocessing.get_context("spawn").Pool(1) as pool:
@@ -207,3 +215,48 @@ def test_a_stage_started_before_the_host_listens_runs_in_its_own_process(
         assert time.monotonic() - started < 20
     assert done.returncode == 0
     assert f"host {address}" in done.stdout  # ran here, with the variable still set
+
+
+def test_the_hosts_preloaded_heap_is_frozen_out_of_a_stages_collections(
+    script: Path, host: str
+) -> None:
+    # A collection in the stage that walked the host's heap would copy every page it touched.
+    done = subprocess.run(
+        command(script, "frozen"), env=environment(host), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split("frozen ")[1].split()[0]) > 1000
+
+
+def test_a_stage_reads_prefects_settings_from_its_own_environment(
+    script: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The host imports Prefect before the server it will use is up (sop repro starts it first).
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with stage_host(tmp_path / "host", preload=("prefect",), wait=True) as address:
+        env = {**environment(address), "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+        done = subprocess.run(command(script, "prefect"), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "api http://127.0.0.1:9/api" in done.stdout
+
+
+def test_the_watcher_wakes_when_the_stage_exits() -> None:
+    import selectors
+
+    from pipeline.stagehost import _register_exit
+
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    selector = selectors.DefaultSelector()
+    try:
+        poll = _register_exit(selector, child)
+        if poll is not None:
+            pytest.skip("no pidfd_open here: the watcher polls instead")
+        # Only the child's exit can make the pidfd readable; the timeout is a guard.
+        assert selector.select(timeout=30)
+    finally:
+        os.waitpid(child, 0)
+        for key in list(selector.get_map().values()):
+            os.close(key.fd)
+        selector.close()

@@ -79,3 +79,26 @@ def test_tracking_uri_env_points_elsewhere(tmp_path: Path, monkeypatch: pytest.M
 
 def test_git_state_outside_a_repository(tmp_path: Path) -> None:
     assert tracking.git_state(tmp_path) == (None, None)
+
+
+def test_opening_a_sqlite_store_is_serialised_between_processes(tmp_path: Path) -> None:
+    import fcntl
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    lock_file = tmp_path / "mlflow.db.lock"
+    # flock is per open file: a second opening stands for another process.
+    with (
+        tracking.store_setup_lock(uri),
+        open(lock_file) as other,
+        pytest.raises(BlockingIOError),
+    ):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(lock_file) as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released on exit
+
+
+def test_a_tracking_server_needs_no_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with tracking.store_setup_lock("http://127.0.0.1:5000"):
+        pass
+    assert list(tmp_path.iterdir()) == []

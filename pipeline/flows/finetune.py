@@ -398,11 +398,6 @@ def evaluate_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
     store = tile_store.TileStore(tiles)
     meta = store.meta
     split, rows, note = evaluation_rows(store, cell.dataset)
-    device = torch.device(resolve_device(params))
-    model = create_segmenter(cell.backbone, len(meta.class_names), f.input_size)
-    model.load_state_dict(read_state_dict(out / BEST_WEIGHTS_FILE))
-    model.to(device)
-    task = SegmentationTask.for_store(model, meta, base_init(cell.init), f)
     run_name = f"{cell.dataset}-{cell.name}"
     with tracked_run(
         "evaluate",
@@ -414,6 +409,11 @@ def evaluate_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
     ):
         import mlflow
 
+        device = torch.device(resolve_device(params))
+        model = create_segmenter(cell.backbone, len(meta.class_names), f.input_size)
+        model.load_state_dict(read_state_dict(out / BEST_WEIGHTS_FILE))
+        model.to(device)
+        task = SegmentationTask.for_store(model, meta, base_init(cell.init), f)
         loader = validation_loader(
             SegmentationTiles(store, rows), f.batch_size, distributed.SINGLE_PROCESS
         )

@@ -26,7 +26,7 @@ from pipeline.config import load_params
 from pipeline.env import apply_env_defaults
 from pipeline.errors import PipelineError
 from pipeline.flows.common import api_for_subprocesses
-from pipeline.stagehost import stage_host
+from pipeline.stagehost import HOST_ENV, stage_host
 
 PARAMS_FILE = "params.yaml"
 DVC_FILE = "dvc.yaml"
@@ -194,7 +194,10 @@ def paper_flow(
             root, targets=chosen, experiment_prefix=params.tracking.experiment_prefix
         ) as run,
         api_for_subprocesses(),
-        stage_host(root / ".sop", mlflow_uri=uri) if warm else nullcontext(),
+        # One started before this flow (``sop repro``) serves it.
+        stage_host(root / ".sop", mlflow_uri=uri)
+        if warm and not os.environ.get(HOST_ENV)
+        else nullcontext(),
     ):
         run_id = run.info.run_id
         client = mlflow.MlflowClient(uri)
