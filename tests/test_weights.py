@@ -101,3 +101,34 @@ def test_none_keeps_random_weights() -> None:
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     assert load_starting_weights(encoder, "resnet_demo", "none", None) is None
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+
+
+def test_an_encoder_is_saved_atomically_and_a_full_disk_keeps_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from safetensors import safe_open
+
+    from pipeline.errors import DiskFullError
+    from pipeline.models.weights import save_encoder
+
+    encoder = torch.nn.Linear(3, 2)
+    path = tmp_path / "encoder.safetensors"
+    save_encoder(encoder, path, {"init": "sop"})
+    loaded = read_state_dict(path)
+    assert torch.equal(loaded["weight"], encoder.weight.detach())
+    with safe_open(str(path), "pt") as handle:
+        assert handle.metadata() == {"init": "sop"}
+    before = path.read_bytes()
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    torch.nn.init.zeros_(encoder.weight)
+    with pytest.raises(DiskFullError, match=str(path)):
+        save_encoder(encoder, path)
+    assert path.read_bytes() == before
+    assert list(tmp_path.iterdir()) == [path]  # no stray .tmp

@@ -15,10 +15,11 @@ from typing import Any
 import timm
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from pipeline.errors import PipelineError
+from pipeline.files import atomic_write
 from pipeline.models.backbones import BACKBONES
 
 # The published pretext starting points (shared/notes/weights.md).
@@ -149,8 +150,8 @@ def load_starting_weights(
 
 
 def save_encoder(encoder: nn.Module, path: Path, metadata: Mapping[str, str] | None = None) -> None:
-    """The kept encoder's weights as safetensors (written to a temporary name, then renamed)."""
+    """The kept encoder's weights as safetensors, written atomically (synced, then renamed; a
+    full disk raises a DiskFullError naming ``path``)."""
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, tmp, metadata=dict(metadata or {}))
-    tmp.replace(path)
+    with atomic_write(path, "wb") as handle:
+        handle.write(save(state, metadata=dict(metadata or {})))
