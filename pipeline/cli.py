@@ -319,8 +319,13 @@ def repro(
     from pipeline.tracking import tracking_uri
 
     # The host imports the stack while Prefect's server starts (seconds each), not after it:
-    # the flow then finds it running.
-    host = stage_host(root / ".sop", mlflow_uri=tracking_uri(root)) if warm else nullcontext()
+    # the flow then finds it running. Not for a folder that is no project (the flow says so).
+    is_project = params_file.is_file() and (root / "dvc.yaml").is_file()
+    host = (
+        stage_host(root / ".sop", mlflow_uri=tracking_uri(root))
+        if warm and is_project
+        else nullcontext()
+    )
     with host:
         from pipeline.flows import paper_flow
 

@@ -243,6 +243,14 @@ def test_repro_command_help_and_params_name() -> None:
     assert "other.yaml: DVC stages read params.yaml" in result.output
 
 
+def test_repro_of_a_folder_that_is_no_project_names_it_and_writes_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "typo"
+    result = CliRunner().invoke(app, ["repro", "--params", str(missing / "params.yaml")])
+    assert result.exit_code == 2
+    assert f"{missing.resolve()}: no params.yaml or dvc.yaml" in result.output
+    assert list(tmp_path.iterdir()) == []  # no .sop/ for the stage host, no folder
+
+
 # --- slow tier: DVC, a real MLflow server, a real Prefect server ----------------------------
 
 
