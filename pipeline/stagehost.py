@@ -223,13 +223,11 @@ def warm_mlflow(uri: str) -> None:
     """Open MLflow's store for ``uri`` once, here: its schema check costs about a second per
     process. MLflow caches the store per URI, so forked stages find it ready; its pooled
     SQLite connections are closed first, as no connection may cross a fork."""
-    import mlflow
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    from pipeline.tracking import store_setup_lock
+    from pipeline.tracking import open_client
 
-    with store_setup_lock(uri):
-        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    open_client(uri).search_experiments(max_results=1)
     for engine in getattr(SqlAlchemyStore, "_engine_map", {}).values():
         engine.dispose()
 

@@ -62,6 +62,15 @@ def store_setup_lock(uri: str) -> Iterator[None]:
         yield
 
 
+def open_client(uri: str) -> Any:
+    """An ``mlflow.MlflowClient`` for ``uri``. Making one opens the store (creating a new
+    SQLite store's tables), so it is made under :func:`store_setup_lock`."""
+    import mlflow
+
+    with store_setup_lock(uri):
+        return mlflow.MlflowClient(uri)
+
+
 def artifact_location(root: Path) -> str | None:
     """Where new experiments keep artifacts: beside the sqlite file, or the server's default."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
@@ -144,15 +153,14 @@ def stage_run(
     uri, location = tracking_uri(root), artifact_location(root)
     try:
         mlflow.set_tracking_uri(uri)
-        client = mlflow.MlflowClient()
+        client = open_client(uri)
         parent = os.environ.get(PARENT_RUN_ENV)
-        with store_setup_lock(uri):
-            if parent:
-                # The UI nests a child under its parent only within one experiment.
-                experiment_id = _parent_experiment(client, parent, uri)
-            else:
-                name = experiment_name(stage, experiment_prefix)
-                experiment_id = _experiment_id(client, name, location)
+        if parent:
+            # The UI nests a child under its parent only within one experiment.
+            experiment_id = _parent_experiment(client, parent, uri)
+        else:
+            name = experiment_name(stage, experiment_prefix)
+            experiment_id = _experiment_id(client, name, location)
         tags = run_tags(root, stage=stage, tile_index_hash=tile_index_hash)
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
             flat = list(flatten(params).items())
@@ -221,9 +229,8 @@ def parent_run(
         # A parent is top-level: an outer SOP_PARENT_RUN_ID would make it a child.
         os.environ.pop(PARENT_RUN_ENV, None)
         mlflow.set_tracking_uri(uri)
-        client = mlflow.MlflowClient(uri)
-        with store_setup_lock(uri):
-            experiment_id = _experiment_id(client, experiment_prefix, location)
+        client = open_client(uri)
+        experiment_id = _experiment_id(client, experiment_prefix, location)
         tags = run_tags(root, stage="grid")
         tags.pop("dvc.stage", None)
         tags["dvc.targets"] = " ".join(targets) if targets else "(all)"

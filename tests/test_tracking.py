@@ -102,3 +102,25 @@ def test_a_tracking_server_needs_no_lock(tmp_path: Path, monkeypatch: pytest.Mon
     with tracking.store_setup_lock("http://127.0.0.1:5000"):
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_client_is_made_under_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+
+    # Making an MlflowClient opens the store (a new one gets its tables then): the lock must
+    # be held at that moment, not only later.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    held = []
+
+    def client(made_for: str) -> str:
+        with open(tmp_path / "mlflow.db.lock") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+        return made_for
+
+    monkeypatch.setattr(mlflow, "MlflowClient", client)
+    assert tracking.open_client(uri) == uri
+    assert held == [True]
