@@ -315,20 +315,15 @@ def repro(
         )
     root = params_file.resolve().parent
     apply_env_defaults(root)
+    from pipeline.flows.paper import paper_flow, project_dir
     from pipeline.stagehost import stage_host
     from pipeline.tracking import tracking_uri
 
+    project_dir(root)  # a folder that is no project fails here, before a host starts in it
     # The host imports the stack while Prefect's server starts (seconds each), not after it:
-    # the flow then finds it running. Not for a folder that is no project (the flow says so).
-    is_project = params_file.is_file() and (root / "dvc.yaml").is_file()
-    host = (
-        stage_host(root / ".sop", mlflow_uri=tracking_uri(root))
-        if warm and is_project
-        else nullcontext()
-    )
+    # the flow then finds it running.
+    host = stage_host(root / ".sop", mlflow_uri=tracking_uri(root)) if warm else nullcontext()
     with host:
-        from pipeline.flows import paper_flow
-
         summary = paper_flow(str(root), targets, push, glob, warm)
     typer.echo(
         f"MLflow parent run {summary['parent_run_id']}; artifacts: "
