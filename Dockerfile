@@ -6,6 +6,7 @@ FROM nvidia/cuda:13.0.0-runtime-ubuntu24.04
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
+    UV_NO_CACHE=1 \
     NO_ALBUMENTATIONS_UPDATE=1 \
     MLFLOW_DISABLE_TELEMETRY=true \
     DO_NOT_TRACK=true \
@@ -18,12 +19,12 @@ RUN apt-get update \
 
 RUN useradd --create-home --uid 1000 sop
 WORKDIR /opt/sop
-COPY pyproject.toml README.md ./
+COPY Makefile pyproject.toml README.md ./
+COPY requirements ./requirements
 COPY pipeline ./pipeline
-# The exact pins of pyproject.toml (torch==2.13.0 resolves to its CUDA build here).
-RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --upgrade pip \
-    && /opt/venv/bin/pip install -e .
+# The lock of the CUDA build (CPython 3.12 is Ubuntu 24.04's), installed as `make` installs it
+# everywhere: every distribution at its locked version and hash, then the project itself.
+RUN make install VENV=/opt/venv LOCK=requirements/cuda.txt
 ENV PATH=/opt/venv/bin:$PATH
 
 USER sop

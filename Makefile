@@ -1,12 +1,26 @@
-# One-command setup, test and demo. `make` alone creates .venv and installs; rerunning it with
-# pyproject.toml unchanged does nothing.
+# One-command setup, test and demo. `make` alone creates .venv and installs the locked
+# environment; rerunning it with the lock unchanged does nothing.
 SHELL := /bin/bash
 .DEFAULT_GOAL := install
 
 PYTHON ?= python3
-VENV := $(CURDIR)/.venv
+VENV ?= $(CURDIR)/.venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+
+# The lock this machine installs: every distribution, exact versions and hashes (`make lock`
+# writes both). requirements/cpu.txt: CPython 3.11, torch's CPU build; requirements/cuda.txt:
+# CPython 3.12, torch's CUDA build (the Dockerfile's; `make LOCK=requirements/cuda.txt
+# PYTHON=python3.12` on a GPU machine).
+LOCK ?= requirements/cpu.txt
+LOCK_PYTHON = $(shell sed -n 's/^\#.*for CPython \([0-9.]*\).*/\1/p' $(LOCK) | head -n 1)
+# uv reads no pip configuration: hand it the wheel folders pip is configured to search (where
+# a machine keeps its CPU build of torch). FIND_LINKS=<folder or URL> names one by hand.
+FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+FIND_LINKS_ARGS = $(foreach link,$(FIND_LINKS),--find-links $(link))
+UV := $(BIN)/uv
+export UV_PYTHON_DOWNLOADS := never
+export SOP_LOCK := $(LOCK)
 
 # Telemetry off everywhere (see pipeline/env.py); Prefect and DVC keep their state in the project.
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -17,17 +31,42 @@ export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.sop/dvc-site-cache
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install test test-fast lint format typecheck demo bench bench-gpu mlflow-ui clean clean-demo help
+.PHONY: install sync lock test test-fast lint format typecheck demo bench bench-gpu mlflow-ui clean clean-demo help
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-install: $(STAMP)  ## Create .venv and install the pinned stack (a no-op when up to date).
+install: $(STAMP)  ## Create .venv and install exactly the lock (a no-op when up to date).
 
-$(STAMP): pyproject.toml
+$(STAMP): $(LOCK) pyproject.toml
+	@$(PYTHON) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; sys.exit(v != "$(LOCK_PYTHON)" and f"error: $(LOCK) is for CPython $(LOCK_PYTHON), and $(PYTHON) is {v}: set PYTHON=python$(LOCK_PYTHON) (or LOCK=)")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -e '.[dev]'
+	@# uv first, at the lock's version and hash, with the venv's own pip.
+	awk '/^uv==/ {p = 1} p {print} p && !/\\$$/ {exit}' $(LOCK) > $(VENV)/uv-lock.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r $(VENV)/uv-lock.txt
+	@# Every line of the lock carries its hashes, and uv checks them all (its --require-hashes
+	@# mode refuses the pin torch==X that a local build X+cpu satisfies).
+	$(UV) pip sync --python $(BIN)/python --compile-bytecode $(FIND_LINKS_ARGS) $(LOCK)
+	@# The project itself, editable, built with the lock's setuptools (no unlocked build env).
+	$(UV) pip install --python $(BIN)/python --no-deps --no-build-isolation --quiet -e .
 	@touch $(STAMP)
+
+sync:  ## Put .venv back to exactly the lock (after a package was installed or changed by hand).
+	rm -f $(STAMP)
+	$(MAKE) install
+
+lock: install  ## Rewrite both locks from pyproject.toml (after a dependency change; LOCK_ARGS=--upgrade floats all).
+	$(UV) pip compile pyproject.toml --extra dev --generate-hashes --quiet $(LOCK_ARGS) \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 $(FIND_LINKS_ARGS) \
+		--no-emit-find-links --custom-compile-command "make lock  # for CPython 3.11, Linux x86_64, torch's CPU build" \
+		-o requirements/cpu.txt
+	@# The CPU build is chosen by its hash; the pin stays the public release (stack.md: no +cpu).
+	@grep -q '^torch==[0-9.]*+cpu ' requirements/cpu.txt || { echo "error: no CPU build of torch among the find-links ($(FIND_LINKS)): set FIND_LINKS to a folder or page that holds it" >&2; exit 2; }
+	sed -i 's/^torch==\([0-9.]*\)+cpu /torch==\1 /' requirements/cpu.txt
+	$(UV) pip compile pyproject.toml --extra dev --generate-hashes --quiet $(LOCK_ARGS) \
+		--python-version 3.12 --python-platform x86_64-manylinux_2_28 \
+		--custom-compile-command "make lock  # for CPython 3.12, Linux x86_64, torch's CUDA build" \
+		-o requirements/cuda.txt
 
 lint: install  ## ruff lint and format check.
 	$(BIN)/ruff check .
