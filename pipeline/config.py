@@ -81,10 +81,28 @@ class SourceParams(_Section):
             return {name: digest.lower() for name, digest in value.items()}
         return value.lower()
 
-    def md5_for(self, filename: str, catalog_md5: str) -> str | None:
-        """The md5 one archive must have; None: not checked."""
+    md5_file: str | None = Field(
+        default=None,
+        description="A file that records the archives' md5s, a line each as md5sum writes "
+        "them ('<md5>  <file name>'), relative to the pipeline root: for archives whose "
+        "digest their producer records (the demo's synth stage). Replaces md5.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source_of_md5(self) -> SourceParams:
+        if self.md5 is not None and self.md5_file is not None:
+            raise ValueError("set md5 or md5_file, not both")
+        return self
+
+    def md5_for(
+        self, filename: str, catalog_md5: str, recorded: Mapping[str, str] | None = None
+    ) -> str | None:
+        """The md5 one archive must have; None: not checked. ``recorded``: the md5_file's
+        digests by file name, which replace the catalog's."""
         if self.md5 == "skip":
             return None
+        if recorded is not None:
+            return recorded.get(filename)
         if isinstance(self.md5, dict):
             return self.md5.get(filename, catalog_md5)
         return self.md5 or catalog_md5

@@ -9,8 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data.download import download, local_path, safe_extract
-from pipeline.errors import ChecksumError, DataError, DownloadError, TransientDownloadError
+from pipeline.config import params_from_mapping
+from pipeline.data.catalog import get_dataset
+from pipeline.data.download import download, local_path, safe_extract, write_md5_file
+from pipeline.errors import (
+    ChecksumError,
+    DataError,
+    DownloadError,
+    ParamsError,
+    TransientDownloadError,
+)
+from pipeline.flows.data import Location, fetch_archive, resolve_locations
 from tests.servers import FileServer
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
@@ -135,3 +144,50 @@ def test_extraction_is_skipped_when_done_and_redone_when_the_archive_changes(
     archive.write_bytes(buffer.getvalue())
     safe_extract(archive, out, max_unpacked_bytes=10**9)
     assert (out / "a.txt").read_text() == "two, longer"
+
+
+def landcoverai_from(tmp_path: Path, **source: object) -> list[Location]:
+    data = params_from_mapping({"data": {"sources": {"landcoverai": source}}}).data
+    info = get_dataset("landcoverai", data, tmp_path)
+    return resolve_locations(info, data.source("landcoverai"), tmp_path, "landcoverai")
+
+
+def test_an_archive_is_checked_against_the_md5_its_producer_recorded(tmp_path: Path) -> None:
+    archive = tmp_path / "landcover.ai.v1.zip"
+    archive.write_bytes(PAYLOAD)
+    write_md5_file(tmp_path / "landcover.ai.v1.zip.md5", {archive.name: MD5})
+    assert (tmp_path / "landcover.ai.v1.zip.md5").read_text() == f"{MD5}  landcover.ai.v1.zip\n"
+    (location,) = landcoverai_from(
+        tmp_path, url="landcover.ai.v1.zip", md5_file="landcover.ai.v1.zip.md5"
+    )
+    assert location.path == archive
+    assert location.md5 == MD5  # the record's, not the catalog's official md5
+    fetch_archive.fn(location, tmp_path / "archives", 5.0, "data.sources.landcoverai.url")
+    archive.write_bytes(PAYLOAD[::-1])
+    with pytest.raises(ChecksumError, match=f"does not match the expected {MD5}.*md5_file"):
+        fetch_archive.fn(location, tmp_path / "archives", 5.0, "data.sources.landcoverai.url")
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        (None, "not found"),
+        ("not a digest\n", ":1: expected '<md5>  <file name>'"),
+        (f"{MD5}  other.zip\n", "no md5 of landcover.ai.v1.zip"),
+    ],
+)
+def test_a_missing_malformed_or_unrelated_md5_record_names_the_parameter(
+    tmp_path: Path, record: str | None, message: str
+) -> None:
+    (tmp_path / "landcover.ai.v1.zip").write_bytes(PAYLOAD)
+    if record is not None:
+        (tmp_path / "sums.md5").write_text(record)
+    with pytest.raises(DataError, match=f"{message}.*data.sources.landcoverai.md5_file"):
+        landcoverai_from(tmp_path, url="landcover.ai.v1.zip", md5_file="sums.md5")
+
+
+def test_md5_and_md5_file_are_not_both_set() -> None:
+    with pytest.raises(ParamsError, match="set md5 or md5_file, not both"):
+        params_from_mapping(
+            {"data": {"sources": {"landcoverai": {"md5": MD5, "md5_file": "sums.md5"}}}}
+        )

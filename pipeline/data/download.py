@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import lzma
 import os
+import re
 import shutil
 import socket
 import stat
@@ -26,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from pipeline.errors import ChecksumError, DataError, DownloadError, TransientDownloadError
+from pipeline.files import write_text
 
 CHUNK = 1 << 20
 EXTRACTED_MARKER = ".extracted"
@@ -62,6 +64,29 @@ def file_digest(path: Path, algorithm: str = "md5", progress: bool = False) -> s
             digest.update(chunk)
             bar.update(len(chunk))
     return digest.hexdigest()
+
+
+MD5SUM_LINE = re.compile(r"([0-9a-fA-F]{32}) [ *](.+)")
+
+
+def write_md5_file(path: Path, digests: dict[str, str]) -> None:
+    """Record archives' md5s as md5sum does (``md5sum -c`` checks them)."""
+    write_text(path, "".join(f"{md5}  {name}\n" for name, md5 in sorted(digests.items())))
+
+
+def read_md5_file(path: Path, param: str) -> dict[str, str]:
+    """{file name: md5} of an md5sum-style file; a missing or malformed one names ``param``."""
+    if not path.is_file():
+        raise DataError(f"{path}: not found ({param})")
+    digests = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        match = MD5SUM_LINE.fullmatch(line.strip())
+        if match is None:
+            raise DataError(f"{path}:{number}: expected '<md5>  <file name>' ({param})")
+        digests[PurePosixPath(match.group(2)).name] = match.group(1).lower()
+    return digests
 
 
 def local_path(location: str, base: Path) -> Path | None:

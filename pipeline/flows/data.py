@@ -68,9 +68,18 @@ def resolve_locations(
     prefix that holds them all by their official names, or a folder already extracted."""
     param = f"data.sources.{dataset}.url"
     several = len(info.sources) > 1
+    recorded = None
+    if source.md5_file is not None:
+        md5_param = f"data.sources.{dataset}.md5_file"
+        recorded = download.read_md5_file(root / source.md5_file, md5_param)
+        for remote in info.sources:
+            if remote.filename not in recorded:
+                raise DataError(
+                    f"{root / source.md5_file}: no md5 of {remote.filename} ({md5_param})"
+                )
     locations = []
     for remote in info.sources:
-        md5 = source.md5_for(remote.filename, remote.md5)
+        md5 = source.md5_for(remote.filename, remote.md5, recorded)
         if source.url is None:
             if remote.url is None:
                 raise DownloadError(f"{dataset}: {info.how_to_get}")
@@ -92,7 +101,7 @@ def resolve_locations(
                     f"{param}: {local} is one file, but {dataset} has {len(info.sources)} "
                     f"archives ({', '.join(r.filename for r in info.sources)}); give their folder"
                 )
-            if source.md5 is None and local.name != remote.filename:
+            if source.md5 is None and recorded is None and local.name != remote.filename:
                 # Not the archive whose md5 we know (another copy or layout): nothing to check.
                 print(f"{local.name}: not {remote.filename}, md5 not checked ({param})")
                 md5 = None
@@ -120,7 +129,9 @@ def fetch_archive(location: Location, dest: Path, timeout_s: float, param: str) 
     """A local archive is verified in place (never copied); a URL is downloaded into ``dest``."""
     if location.path is not None:
         if location.path.is_file():
-            download.verify(location.path, location.md5, f"local archive; set {param} or its md5")
+            download.verify(
+                location.path, location.md5, f"local archive; set {param}, or its md5 or md5_file"
+            )
         return location.path
     assert location.url is not None
     return download.download(
@@ -324,9 +335,14 @@ def _tile_scenes(
         raise errors[0]
 
 
+def md5_file_of(archive: Path) -> Path:
+    """Where the synth stage records its archive's md5 (``data.sources.<dataset>.md5_file``)."""
+    return archive.with_name(archive.name + ".md5")
+
+
 @flow(name="synthesize", flow_run_name="synthesize-{out.name}", log_prints=True)
 def synth_flow(out: Path, params: Params, root: Path) -> Path:
-    """Write the demo's synthetic LandCover.ai-style archive."""
+    """Write the demo's synthetic LandCover.ai-style archive, and its md5 in ``<archive>.md5``."""
     from pipeline.data.synthetic import write_archive_from_params
 
     spec = params.synthetic
@@ -341,6 +357,9 @@ def synth_flow(out: Path, params: Params, root: Path) -> Path:
         import mlflow
 
         archive = write_archive_from_params(out, spec, tile_size)
+        # The download stage checks the archive against this record, as against an official md5:
+        # the same code path, and no digest that a drawing library's release could outdate.
+        download.write_md5_file(md5_file_of(archive.path), {archive.path.name: archive.md5})
         counts = {split: len(ids) for split, ids in archive.splits.items()}
         mlflow.log_metrics({f"tiles.{k}": v for k, v in counts.items()})
         mlflow.set_tag("archive.md5", archive.md5)
