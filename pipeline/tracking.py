@@ -33,6 +33,7 @@ from pipeline.errors import PipelineError
 
 PARENT_RUN_ENV = "SOP_PARENT_RUN_ID"
 TILE_INDEX_TAG = "data.tile_index_sha256"
+WEIGHTS_TAG = "sop.weights_sha256"  # a fine-tuning run's best weights: evaluate finds it by them
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 MAX_PARAM_VALUE = 6000  # MLflow 3's limit on a param value's length
@@ -90,6 +91,9 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+CODE_PATHSPEC = (":(top)", ":(top,exclude,glob)**/dvc.lock")
+
+
 def git_state(root: Path) -> tuple[str | None, bool | None]:
     """(commit, dirty) of the repository holding ``root``; (None, None) outside git."""
 
@@ -100,8 +104,10 @@ def git_state(root: Path) -> tuple[str | None, bool | None]:
 
     try:
         commit = git("rev-parse", "HEAD")
-        # Untracked files (DVC outputs, caches) leave the code clean; edits to tracked ones do not.
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        # Untracked files (DVC outputs, caches) leave the code clean, and so do the dvc.lock files
+        # (DVC's record of what the outputs are, rewritten as stages run); edits to the code,
+        # params or pipeline definition do not.
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHSPEC))
     except (OSError, subprocess.SubprocessError):
         return None, None
     return commit, dirty

@@ -209,8 +209,9 @@ def _check_downstream(demo: Path, params: dict[str, Any]) -> None:
         confusion = json.loads((demo / "reports/confusion" / where / f"{cell}.json").read_text())
         assert len(confusion["matrix"]) == 5
         assert (demo / "reports/confusion" / where / f"{cell}.png").read_bytes()[:4] == b"\x89PNG"
-        run = client.get_run(record["mlflow_run_id"])
-        assert runs[f"landcoverai-{cell}"].info.run_id == run.info.run_id
+        run = client.get_run(runs[f"landcoverai-{cell}"].info.run_id)
+        # Evaluate found this run by the weights it evaluated.
+        assert run.data.tags["sop.weights_sha256"] == record["weights_sha256"]
         assert (test["init"], test["seed"]) == (record["init"], 0)
         assert run.data.metrics["test_miou"] == pytest.approx(test["test_miou"])
         history = client.get_metric_history(run.info.run_id, "val_miou")

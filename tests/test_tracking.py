@@ -124,3 +124,23 @@ def test_a_client_is_made_under_the_lock(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(mlflow, "MlflowClient", client)
     assert tracking.open_client(uri) == uri
     assert held == [True]
+
+
+def test_a_rewritten_dvc_lock_leaves_the_code_clean_and_an_edit_does_not(tmp_path: Path) -> None:
+    git_repo(tmp_path)
+    for lock in (tmp_path / "dvc.lock", tmp_path / "demo" / "dvc.lock"):
+        lock.parent.mkdir(exist_ok=True)
+        lock.write_text("schema: '2.0'\n")
+        subprocess.run(["git", "add", str(lock)], cwd=tmp_path, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "locks"],
+        cwd=tmp_path,
+        check=True,
+    )
+    commit = tracking.git_state(tmp_path)[0]
+    for lock in (tmp_path / "dvc.lock", tmp_path / "demo" / "dvc.lock"):
+        lock.write_text("schema: '2.0'\nstages: {}\n")  # DVC rewrote the outputs' hashes
+    # Asked from the demo's folder (a pipeline root below the repository's), as stages do.
+    assert tracking.git_state(tmp_path / "demo") == (commit, False)
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert tracking.git_state(tmp_path / "demo") == (commit, True)

@@ -4,14 +4,23 @@ code path the pipeline uses (no weights can be downloaded here)."""
 from __future__ import annotations
 
 import pickle
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load, save_file
 
 from pipeline.models.backbones import create_backbone
-from pipeline.models.weights import WeightsError, load_starting_weights, read_state_dict
+from pipeline.models.weights import (
+    WeightsError,
+    load_starting_weights,
+    read_state_dict,
+    with_sorted_metadata,
+)
 
 
 def reference_state(timm_name: str, **kwargs: object) -> dict[str, torch.Tensor]:
@@ -132,3 +141,38 @@ def test_an_encoder_is_saved_atomically_and_a_full_disk_keeps_the_old_file(
         save_encoder(encoder, path)
     assert path.read_bytes() == before
     assert list(tmp_path.iterdir()) == [path]  # no stray .tmp
+
+
+def safetensors_blob(metadata_json: str) -> bytes:
+    """A one-tensor safetensors file whose header lists the metadata as given."""
+    header = '{"__metadata__":' + metadata_json + ',"w":{"dtype":"F32","shape":[1],'
+    header += '"data_offsets":[0,4]}}'
+    padded = header.encode().ljust(-(-len(header) // 8) * 8)
+    return len(padded).to_bytes(8, "little") + padded + struct.pack("<f", 1.5)
+
+
+def test_metadata_in_any_order_is_written_as_the_same_bytes() -> None:
+    one = safetensors_blob('{"init":"random","backbone":"resnet_demo"}')
+    other = safetensors_blob('{"backbone":"resnet_demo","init":"random"}')
+    assert one != other
+    assert with_sorted_metadata(one) == with_sorted_metadata(other)
+    assert with_sorted_metadata(other) == other  # already sorted: unchanged
+    assert load(with_sorted_metadata(one))["w"].item() == 1.5
+
+
+@pytest.mark.slow
+def test_an_encoder_saved_by_separate_processes_is_the_same_bytes(tmp_path: Path) -> None:
+    """safetensors orders metadata by a per-process hash seed; what DVC hashes must not vary."""
+    script = (
+        "import sys, torch; from pathlib import Path\n"
+        "from pipeline.models.weights import save_encoder\n"
+        "torch.manual_seed(0)\n"
+        "meta = {'init': 'random', 'backbone': 'resnet_demo', 'model': 'm', 'seed': '0'}\n"
+        "save_encoder(torch.nn.Linear(3, 2), Path(sys.argv[1]), meta)\n"
+    )
+    paths = [tmp_path / f"{i}.safetensors" for i in range(4)]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+    assert len({path.read_bytes() for path in paths}) == 1
+    with safe_open(paths[0], "pt") as handle:
+        assert handle.metadata()["backbone"] == "resnet_demo"

@@ -33,7 +33,7 @@ from pipeline.data.store import StoreMeta
 from pipeline.errors import DataError
 from pipeline.files import atomic_write, write_text
 
-PLAN_FILE = "plan.json"
+PLAN_SUFFIX = ".plan.json"
 STAGING_SUFFIX = ".next"
 GDAL_CACHE_MB = 64
 PROGRESS_DIR = ".progress"
@@ -284,10 +284,19 @@ def staging_dir(out_dir: Path) -> Path:
     return out_dir.with_name(out_dir.name + STAGING_SUFFIX)
 
 
+def plan_marker(directory: Path) -> Path:
+    """The plan a store (or its staging folder) was cut by, kept beside it, not in it: its
+    fingerprint holds this machine's paths and file times, and the store is a DVC output that
+    must be the same bytes on every machine."""
+    return directory.with_name(directory.name + PLAN_SUFFIX)
+
+
 def _holds_plan(directory: Path, fingerprint: str) -> bool:
-    plan_path = directory / PLAN_FILE
+    marker = plan_marker(directory)
     return (
-        plan_path.exists() and json.loads(plan_path.read_text()).get("fingerprint") == fingerprint
+        directory.is_dir()
+        and marker.exists()
+        and json.loads(marker.read_text()).get("fingerprint") == fingerprint
     )
 
 
@@ -305,11 +314,13 @@ def prepare_store(plan: TilingPlan, out_dir: Path) -> StoreBuild:
         work = staging_dir(out_dir)
     else:
         work = staging_dir(out_dir) if (out_dir / store.INDEX_FILE).exists() else out_dir
+        plan_marker(work).unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)  # a partial store of another plan
         store.allocate(work, plan.n_tiles, plan.meta.tile_size, plan.meta.has_masks)
         (work / PROGRESS_DIR).mkdir(parents=True)
         write_text(
-            work / PLAN_FILE, json.dumps({"fingerprint": fingerprint, "n_tiles": plan.n_tiles})
+            plan_marker(work),
+            json.dumps({"fingerprint": fingerprint, "n_tiles": plan.n_tiles}),
         )
         return StoreBuild(work, list(plan.scenes))
     if (work / store.INDEX_FILE).exists():
@@ -472,9 +483,12 @@ def finalize_store(plan: TilingPlan, out_dir: Path) -> pd.DataFrame:
     staging = staging_dir(out_dir)
     if _holds_plan(staging, plan.fingerprint()):
         index = _write_index(plan, staging)
-        # A kill between these two steps leaves the finished staging store, taken next run.
+        # A kill between these steps leaves the finished staging store, taken next run (or,
+        # after the rename, a store without its marker, which the next run cuts again).
+        plan_marker(out_dir).unlink(missing_ok=True)
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(staging, out_dir)
+        os.replace(plan_marker(staging), plan_marker(out_dir))
         return index
     return _write_index(plan, out_dir)
 

@@ -107,6 +107,15 @@ def launch_ranks(job_file: Path, processes: int) -> None:
         )
 
 
+def portable_path(path: Path | None, root: Path) -> str | None:
+    """``path`` relative to the pipeline root when inside it (a clone elsewhere writes the same
+    bytes, so DVC sees the same output), else absolute."""
+    if path is None:
+        return None
+    resolved, base = Path(path).resolve(), root.resolve()
+    return resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else str(resolved)
+
+
 def json_safe(value: Any) -> Any:
     """NaN (a class absent from a set) as null: DVC and browsers reject NaN in JSON."""
     if isinstance(value, float) and math.isnan(value):
@@ -134,6 +143,21 @@ def run_job(job: Any, processes: int, work: Path) -> dict[str, Any]:
         result = json.loads((job.out_dir / RESULT_FILE).read_text())
     (job.out_dir / RESULT_FILE).unlink(missing_ok=True)
     return result
+
+
+# What differs between runs of the same inputs by design: the MLflow run keeps it, so that the
+# DVC-tracked outputs are the same bytes wherever and however often a stage runs.
+RUN_FACTS = ("seconds", "images_per_second", "peak_memory_mb", "processes")
+
+
+def log_run_facts(result: Mapping[str, Any]) -> None:
+    """A training job's speed, memory and processes, and the step it resumed from, if any."""
+    import mlflow
+
+    mlflow.log_metrics({f"run.{key}": float(result[key]) for key in RUN_FACTS if key in result})
+    if result.get("resumed_from") is not None:
+        mlflow.set_tag("sop.resumed_from_step", str(result["resumed_from"]))
+        print(f"resumed from step {result['resumed_from']} (the newest readable checkpoint)")
 
 
 def write_curve(path: Path, history: list[dict[str, float]]) -> None:

@@ -21,7 +21,7 @@ from pipeline.data import catalog, download, store, tiling
 from pipeline.data.catalog import RemoteFile
 from pipeline.data.store import StoreMeta
 from pipeline.errors import DataError, DownloadError, TransientDownloadError
-from pipeline.flows.common import api_for_subprocesses, tracked_run, write_json
+from pipeline.flows.common import api_for_subprocesses, portable_path, tracked_run, write_json
 
 SOURCE_FILE = "source.json"
 RETRY_DELAYS_S = (2.0, 10.0, 30.0, 60.0)
@@ -177,9 +177,9 @@ def download_flow(dataset: str, params: Params, root: Path) -> Path:
             extracted.append(
                 {
                     "archive": None,
-                    "location": _portable(folder, root),
+                    "location": portable_path(folder, root),
                     "md5": None,
-                    "folder": _portable(folder, root),
+                    "folder": portable_path(folder, root),
                 }
             )
         for location in resolve_locations(info, source, root, dataset):
@@ -194,9 +194,9 @@ def download_flow(dataset: str, params: Params, root: Path) -> Path:
             )
             entry = {
                 "archive": location.remote.filename,
-                "location": location.url or _portable(location.path, root),
+                "location": location.url or portable_path(location.path, root),
                 "md5": location.md5,
-                "folder": _portable(folder, root),
+                "folder": portable_path(folder, root),
             }
             if all(e["folder"] != entry["folder"] for e in extracted):
                 extracted.append(entry)
@@ -219,15 +219,6 @@ def tile_scene_task(
     scene: tiling.ScenePlan, out_dir: Path, meta: StoreMeta, threads: int = 1
 ) -> int:
     return tiling.tile_scene(scene, out_dir, meta, threads)
-
-
-def _portable(path: Path | None, root: Path) -> str | None:
-    """``path`` relative to the pipeline root when inside it (a clone elsewhere writes the same
-    manifest, so DVC sees the same output), else absolute."""
-    if path is None:
-        return None
-    resolved, base = Path(path).resolve(), root.resolve()
-    return resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else str(resolved)
 
 
 def _source_folders(raw: Path, root: Path) -> list[Path]:
@@ -290,13 +281,12 @@ def tile_flow(dataset: str, params: Params, root: Path) -> dict[str, Any]:
             _tile_scenes(build.pending, build.directory, meta, data.workers, dataset)
         index = tiling.finalize_store(plan, out)
         summary = tiling.summarize(index, meta)
-        summary["seconds"] = round(time.perf_counter() - started, 2)
-        write_json(summary_path(root, dataset), summary)
+        write_json(summary_path(root, dataset), summary)  # no timing: a DVC metric, the same bytes
         mlflow.set_tag(tracking.TILE_INDEX_TAG, store.index_hash(out))
         mlflow.log_metrics(
             {
                 "tiles": summary["tiles"],
-                "seconds": summary["seconds"],
+                "seconds": round(time.perf_counter() - started, 2),
                 **{f"tiles.{k}": v for k, v in summary["tiles_per_split"].items()},
             }
         )

@@ -32,12 +32,15 @@ import numpy.typing as npt
 import torch
 from prefect import flow
 
+from pipeline import tracking
 from pipeline.config import Params, base_init, params_to_yaml, sop_variant, split_model
 from pipeline.data import store as tile_store
 from pipeline.data.download import file_digest
 from pipeline.errors import DataError, ParamsError
 from pipeline.flows.common import (
     finish_checkpoints,
+    log_run_facts,
+    portable_path,
     run_job,
     tracked_run,
     write_curve,
@@ -235,7 +238,7 @@ def weights_flow(model: str, params: Params, root: Path) -> dict[str, Any]:
             "model": model,
             "init": init,
             "backbone": backbone,
-            "source": source,
+            "source": source.replace(str(sop_encoder), str(portable_path(sop_encoder, root))),
             "description": INITS[kind].description,
             "sha256": file_digest(out, "sha256"),
             "loaded_tensors": None if report is None else report.loaded,
@@ -329,23 +332,21 @@ def finetune_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
             **{f"best_{k}": v for k, v in best.items() if k.startswith("val_iou_")},
             "train_tiles": result["train_tiles"],
             "val_tiles": result["val_tiles"],
-            "images_per_second": result["images_per_second"],
-            "peak_memory_mb": result["peak_memory_mb"],
-            "processes": result["processes"],
         }
+        best_sha256 = file_digest(out / BEST_WEIGHTS_FILE, "sha256")
         run_record = {
             "cell": cell.name,
             "model": cell.model,
             **cell.identity(),
             "weights": BEST_WEIGHTS_FILE,
-            "weights_sha256": file_digest(out / BEST_WEIGHTS_FILE, "sha256"),
+            "weights_sha256": best_sha256,
             "init_weights_sha256": weights_sha256,
             "tile_index_sha256": index_sha256,
-            "mlflow_run_id": run.info.run_id,
-            "resumed_from_step": result["resumed_from"],
             "steps": result["steps"],
             "metrics": metrics,
         }
+        # The evaluate stage finds this run by the weights it evaluates.
+        mlflow.set_tag(tracking.WEIGHTS_TAG, best_sha256)
         write_json(out / RUN_FILE, run_record)
         write_json(finetune_metrics_path(root, cell), metrics)
         curve = finetune_curve_path(root, cell)
@@ -353,6 +354,7 @@ def finetune_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
         mlflow.log_metrics(
             {f"final.{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         )
+        log_run_facts(result)
         mlflow.log_artifact(str(out / RUN_FILE))
         mlflow.log_artifact(str(curve))
     finish_checkpoints(checkpoints, keep=params.compute.keep_checkpoints)
@@ -448,26 +450,37 @@ def evaluate_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
         mlflow.log_metrics(numbers)
         mlflow.log_artifact(str(json_file))
         mlflow.log_artifact(str(png_file))
-        _add_to_finetune_run(record["mlflow_run_id"], numbers, [json_file, png_file], split, note)
+        _add_to_finetune_run(record["weights_sha256"], numbers, [json_file, png_file], split, note)
     message = f"{run_name}: {split} mIoU {figures['test_miou']:.3f} over {len(rows)} tiles"
     print(message + (f" ({note})" if note else ""))
     return metrics
 
 
 def _add_to_finetune_run(
-    run_id: str, metrics: dict[str, float], files: list[Path], split: str, note: str | None
+    weights_sha256: str,
+    metrics: dict[str, float],
+    files: list[Path],
+    split: str,
+    note: str | None,
 ) -> None:
-    """The cell's fine-tuning run gets the test figures too: one run holds the whole cell."""
+    """The cell's fine-tuning run gets the test figures too: one run holds the whole cell.
+
+    That run is the newest that wrote the evaluated weights (its ``sop.weights_sha256`` tag).
+    """
     from mlflow.entities import Metric, RunTag
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    try:
-        client.get_run(run_id)
-    except MlflowException:
-        print(f"MLflow run {run_id} of the fine-tuning is gone; test figures logged here only")
+    runs = client.search_runs(
+        [experiment.experiment_id for experiment in client.search_experiments()],
+        filter_string=f"tags.`{tracking.WEIGHTS_TAG}` = '{weights_sha256}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        print("no MLflow run of the fine-tuning wrote these weights; test figures logged here only")
         return
+    run_id = runs[0].info.run_id
     import time
 
     now = int(time.time() * 1000)

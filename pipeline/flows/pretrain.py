@@ -5,8 +5,9 @@ one pretext variant (subimage size, colour jitter), named ``<backbone>-<subimage
 Outputs (DVC tracks them):
 - ``models/pretrain/<name>/encoder.safetensors``: the kept encoder (the ViT, or the ResNet's
   source encoder A); no decoder, no subimage encoder;
-- ``models/pretrain/<name>/provenance.json``: params, tile-index hash, git commit, final
-  pretext validation metrics, MLflow run id, the encoder's sha256;
+- ``models/pretrain/<name>/provenance.json``: params, tile-index hash, final pretext
+  validation metrics, the encoder's sha256 (the same inputs always write the same file: the
+  code's commit, the MLflow run, speed and memory are the MLflow run's);
 - ``metrics/pretrain/<name>.json``: the final metrics (a DVC metrics file);
 - ``plots/pretrain/<name>.csv``: the per-epoch curves (a DVC plot).
 
@@ -24,13 +25,13 @@ from typing import Any
 
 from prefect import flow
 
-from pipeline import tracking
 from pipeline.config import Params, params_to_yaml, pretext_variant
 from pipeline.data import store
 from pipeline.data.download import file_digest
 from pipeline.errors import DataError
 from pipeline.flows.common import (
     finish_checkpoints,
+    log_run_facts,
     run_job,
     tracked_run,
     write_curve,
@@ -140,8 +141,6 @@ def pretrain_flow(
         )
         result = run_job(job, resolve_processes(params), checkpoints)
         final = result["history"][-1]
-        # The code's commit (the package's repository), wherever the pipeline root is.
-        commit, dirty = tracking.git_state(Path(__file__).resolve().parent)
         provenance = {
             "backbone": backbone,
             "pretext_variant": pretext_variant(subimage_size, color_jitter),
@@ -151,24 +150,18 @@ def pretrain_flow(
             "params": section_for(params, backbone),
             "dataset": dataset,
             "tile_index_sha256": index_sha256,
-            "git_commit": commit,
-            "git_dirty": dirty,
-            "mlflow_run_id": run.info.run_id,
             "final": final,
-            "resumed_from_step": result["resumed_from"],
             **{k: result[k] for k in ("steps", "train_tiles", "val_tiles", "starting_weights")},
         }
         write_json(out / PROVENANCE_FILE, provenance)
         metrics = {
             **{k: round(v, 4) for k, v in final.items() if k != "epoch"},
             "epochs": int(final["epoch"]),
-            "images_per_second": result["images_per_second"],
-            "peak_memory_mb": result["peak_memory_mb"],
-            "processes": result["processes"],
         }
         write_json(metrics_path(root, name), metrics)
         write_curve(curve_path(root, name), result["history"])
         mlflow.log_metrics({f"final.{k}": float(v) for k, v in metrics.items()})
+        log_run_facts(result)
         mlflow.log_artifact(str(out / PROVENANCE_FILE))
         mlflow.log_artifact(str(curve_path(root, name)))
     finish_checkpoints(checkpoints, keep=params.compute.keep_checkpoints)

@@ -7,6 +7,7 @@ backbone weight is missing (a silent partial load is the classic failure here).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,4 +155,18 @@ def save_encoder(encoder: nn.Module, path: Path, metadata: Mapping[str, str] | N
     full disk raises a DiskFullError naming ``path``)."""
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     with atomic_write(path, "wb") as handle:
-        handle.write(save(state, metadata=dict(metadata or {})))
+        handle.write(with_sorted_metadata(save(state, metadata=dict(metadata or {}))))
+
+
+def with_sorted_metadata(blob: bytes) -> bytes:
+    """safetensors writes its metadata from a hash map, in an order that changes from process
+    to process: sorted, the same weights are the same bytes (DVC hashes them in dvc.lock)."""
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + size])
+    if "__metadata__" not in header:
+        return blob
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > size:  # never seen: the same compact JSON, reordered, is as long
+        raise ValueError(f"safetensors header of {size} bytes re-encoded as {len(text)}")
+    return blob[:8] + text.ljust(size) + blob[8 + size :]

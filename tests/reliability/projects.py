@@ -1,5 +1,5 @@
 """Small pipeline roots for the reliability suite: a tile store linked in, a tiny params.yaml,
-and readers of the outputs a stage leaves (its deterministic figures only)."""
+and readers of the outputs a stage leaves (every one the same bytes for the same inputs)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,9 +18,6 @@ PRETRAIN_ARGS = ("resnet_demo", "32", "0.0")
 FINETUNE_MODEL = "resnet_demo-random"
 FINETUNE_CELL = f"{FINETUNE_MODEL}-1.0-s0"
 FINETUNE_ARGS = ("landcoverai", FINETUNE_MODEL, "1.0", "0")
-
-# The training figures a resumed run must reproduce; throughput and timings may differ.
-PRETRAIN_DETERMINISTIC = ("train_loss", "val_iou", "val_box_iou", "baseline_iou", "epochs")
 
 
 def project(tmp: Path, store: Path, seed: int = 0) -> Path:
@@ -93,31 +91,43 @@ def set_checkpoint_every(root: Path, steps: int) -> None:
     )
 
 
-def pretrain_outputs(root: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """(deterministic metrics, provenance, the encoder's sha256)."""
-    metrics = json.loads((root / "metrics" / "pretrain" / f"{PRETRAIN_NAME}.json").read_text())
-    out = root / "models" / "pretrain" / PRETRAIN_NAME
-    provenance = json.loads((out / "provenance.json").read_text())
-    encoder = hashlib.sha256((out / "encoder.safetensors").read_bytes()).hexdigest()
-    return {k: metrics[k] for k in PRETRAIN_DETERMINISTIC}, provenance, encoder
+PRETRAIN_FILES = (
+    f"models/pretrain/{PRETRAIN_NAME}/encoder.safetensors",
+    f"models/pretrain/{PRETRAIN_NAME}/provenance.json",
+    f"metrics/pretrain/{PRETRAIN_NAME}.json",
+    f"plots/pretrain/{PRETRAIN_NAME}.csv",
+)
+FINETUNE_FILES = (
+    f"models/finetune/landcoverai/{FINETUNE_CELL}/best.safetensors",
+    f"models/finetune/landcoverai/{FINETUNE_CELL}/run.json",
+    f"metrics/finetune/landcoverai/{FINETUNE_CELL}.json",
+    f"plots/finetune/landcoverai/{FINETUNE_CELL}.csv",
+)
 
 
-def finetune_outputs(root: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """(deterministic metrics and curve, run record, the best weights' sha256)."""
-    metrics = json.loads(
-        (root / "metrics" / "finetune" / "landcoverai" / f"{FINETUNE_CELL}.json").read_text()
-    )
-    with open(root / "plots" / "finetune" / "landcoverai" / f"{FINETUNE_CELL}.csv") as handle:
-        curve = [
-            {k: v for k, v in row.items() if k != "images_per_second"}
-            for row in csv.DictReader(handle)
-        ]
-    out = root / "models" / "finetune" / "landcoverai" / FINETUNE_CELL
-    record = json.loads((out / "run.json").read_text())
-    weights = hashlib.sha256((out / "best.safetensors").read_bytes()).hexdigest()
-    skip = {"images_per_second", "peak_memory_mb"}
-    figures = {k: v for k, v in metrics.items() if k not in skip}
-    return {"metrics": figures, "curve": curve}, record, weights
+def digests(root: Path, files: tuple[str, ...]) -> dict[str, str]:
+    return {name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in files}
+
+
+def pretrain_outputs(root: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """(the final metrics, the sha256 of every output DVC tracks): a resumed or repeated run
+    must write the same bytes."""
+    metrics = json.loads((root / PRETRAIN_FILES[2]).read_text())
+    return metrics, digests(root, PRETRAIN_FILES)
+
+
+def finetune_outputs(root: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """(the metrics and curve, the sha256 of every output DVC tracks)."""
+    metrics = json.loads((root / FINETUNE_FILES[2]).read_text())
+    with open(root / FINETUNE_FILES[3]) as handle:
+        curve = list(csv.DictReader(handle))
+    return {"metrics": metrics, "curve": curve}, digests(root, FINETUNE_FILES)
+
+
+def resumed_from_step(done: subprocess.CompletedProcess[str]) -> int | None:
+    """The step a stage said it resumed from; None: it started afresh."""
+    steps = re.findall(r"resumed from step (\d+)", done.stdout + done.stderr)
+    return int(steps[-1]) if steps else None
 
 
 def checkpoints_of(root: Path, stage: str) -> Path:

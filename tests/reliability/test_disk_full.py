@@ -94,7 +94,7 @@ def test_a_full_disk_while_tiling_is_named_and_the_rerun_finishes(
     tiles.mkdir(parents=True)
     before = snapshot(root)
     arrays_kb = _pages_kb(reference / IMAGES_FILE) + _pages_kb(reference / MASKS_FILE)
-    # Too small for the store's arrays; or room for them and plan.json, and nothing after.
+    # Too small for the store's arrays; or room for them and its plan marker, and nothing after.
     size_kb = 1024 if when == "before-any-tile" else arrays_kb + PAGE_KB
     keep = tmp_path / "kept"
     tile = shlex.join([sys.executable, str(REPO / "stages" / "tile.py"), "landcoverai"])
