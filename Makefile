@@ -98,6 +98,8 @@ demo: install  ## Run the pipeline on the embedded synthetic data (CPU, minutes)
 	@echo "              'repro-<time>' in experiment sop-demo holds every stage's run and the report"
 	@echo; echo "Pretext (compare val_iou and val_box_iou with baseline_iou):"
 	@cd demo && dvc metrics show metrics/pretrain
+	@echo; echo "Did each backbone learn more than the position prior?"
+	@$(BIN)/sop pretext --params demo/params.yaml
 	@echo; echo "Fine-tuned, on the test split (random vs SOP init at each label fraction):"
 	@cd demo && dvc metrics show metrics/evaluate
 

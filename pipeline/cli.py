@@ -255,6 +255,29 @@ def report(
 
 @app.command()
 @one_line_errors
+def pretext(
+    params_file: ParamsOption = Path("params.yaml"),
+    min_margin: Annotated[
+        float,
+        typer.Option(help="How far val_iou must exceed the centred-box baseline to count."),
+    ] = 0.05,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 1 when a run falls short of the margin.")
+    ] = False,
+) -> None:
+    """Whether each pretrain run learned more than the position prior (its val_iou against the
+    centred-box baseline, from metrics/pretrain/)."""
+    from pipeline.report import pretext_checks
+
+    checks = pretext_checks(params_file.resolve().parent)
+    for check in checks:
+        typer.echo(check.line(min_margin))
+    if strict and any(check.margin < min_margin for check in checks):
+        raise typer.Exit(1)
+
+
+@app.command()
+@one_line_errors
 def params(
     params_file: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,

@@ -314,6 +314,11 @@ class PretrainParams(_Section):
         default=False, description="ResNet dual encoder: one encoder for source and subimage."
     )
     epochs: PositiveInt = 150
+    backbone_epochs: dict[str, PositiveInt] = Field(
+        default_factory=dict,
+        description="Backbone name -> its own number of epochs (the others train for epochs): "
+        "a ViT from random weights needs a longer schedule than a ResNet.",
+    )
     batch_size: PositiveInt = 64
     lr_backbone: Annotated[float, Field(gt=0)] = 1e-4
     lr_head: Annotated[float, Field(gt=0)] = 1e-3
@@ -387,14 +392,21 @@ class PretrainParams(_Section):
                     "pretrain.weights_file.{backbone})",
                     {"backbone": backbone},
                 )
-        unknown = sorted(set(self.weights_file) - set(self.backbones))
-        if unknown:
-            raise PydanticCustomError(
-                "weights_file",
-                "weights_file: {unknown} not in pretrain.backbones",
-                {"unknown": unknown},
-            )
+        for name, mapping in (
+            ("weights_file", self.weights_file),
+            ("backbone_epochs", self.backbone_epochs),
+        ):
+            unknown = sorted(set(mapping) - set(self.backbones))
+            if unknown:
+                raise PydanticCustomError(
+                    "not_a_backbone",
+                    "{name}: {unknown} not in pretrain.backbones",
+                    {"name": name, "unknown": unknown},
+                )
         return self
+
+    def epochs_of(self, backbone: str) -> int:
+        return self.backbone_epochs.get(backbone, self.epochs)
 
 
 class ComputeParams(_Section):

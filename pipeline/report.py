@@ -300,3 +300,42 @@ def write_report(root: Path, out_dir: Path, threshold: float) -> dict[str, Path]
     report = out_dir / "report.md"
     report.write_text(render_markdown(table, check_claims(table), threshold, plots))
     return {"results": results, "report": report, **{p.stem: p for p in plots}}
+
+
+@dataclass(frozen=True)
+class PretextCheck:
+    """One pretrain run's pretext figure against what the position prior alone scores."""
+
+    run: str
+    val_iou: float
+    baseline_iou: float
+
+    @property
+    def margin(self) -> float:
+        return self.val_iou - self.baseline_iou
+
+    def line(self, min_margin: float) -> str:
+        verdict = (
+            "learned more than the position prior"
+            if self.margin >= min_margin
+            else f"did not beat the position prior by {min_margin:g}"
+        )
+        return (
+            f"{self.run}: val_iou {self.val_iou:.3f} vs centred-box baseline "
+            f"{self.baseline_iou:.3f} ({self.margin:+.3f}): {verdict}"
+        )
+
+
+def pretext_checks(root: Path) -> list[PretextCheck]:
+    """Every pretrain run's final mask IoU and baseline, from ``metrics/pretrain/*.json``."""
+    folder = root / "metrics" / "pretrain"
+    checks = []
+    for path in sorted(folder.glob("*.json")):
+        figures = json.loads(path.read_text())
+        try:
+            checks.append(PretextCheck(path.stem, figures["val_iou"], figures["baseline_iou"]))
+        except KeyError as exc:
+            raise DataError(f"{path}: no {exc.args[0]}; rerun the pretrain stage") from exc
+    if not checks:
+        raise DataError(f"{folder}: no pretrain metrics; run the pretrain stages first")
+    return checks

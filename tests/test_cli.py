@@ -86,3 +86,29 @@ def test_a_stage_runs_its_flow_without_heartbeats(tmp_path: Path) -> None:
         [sys.executable, str(script)], env=env, capture_output=True, text=True, check=True
     )
     assert "heartbeat None" in done.stdout
+
+
+def test_pretext_says_per_run_whether_it_beat_the_position_prior(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics" / "pretrain"
+    metrics.mkdir(parents=True)
+    (metrics / "resnet_demo-56-0.0.json").write_text('{"val_iou": 0.54, "baseline_iou": 0.43}')
+    (metrics / "vit_tiny_demo-56-0.0.json").write_text('{"val_iou": 0.46, "baseline_iou": 0.43}')
+    params = str(tmp_path / "params.yaml")
+    result = CliRunner().invoke(app, ["pretext", "--params", params])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "resnet_demo-56-0.0: val_iou 0.540 vs centred-box baseline 0.430 (+0.110): "
+        "learned more than the position prior",
+        "vit_tiny_demo-56-0.0: val_iou 0.460 vs centred-box baseline 0.430 (+0.030): "
+        "did not beat the position prior by 0.05",
+    ]
+    strict = CliRunner().invoke(app, ["pretext", "--params", params, "--strict"])
+    assert strict.exit_code == 1
+    lenient = ["pretext", "--params", params, "--strict", "--min-margin", "0.02"]
+    assert CliRunner().invoke(app, lenient).exit_code == 0
+
+
+def test_pretext_without_pretrain_metrics_names_the_folder(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["pretext", "--params", str(tmp_path / "params.yaml")])
+    assert result.exit_code == 2
+    assert f"{tmp_path / 'metrics' / 'pretrain'}: no pretrain metrics" in result.output

@@ -5,7 +5,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import Params, SourceParams, fraction_column, load_params, params_to_yaml
+from pipeline.config import (
+    Params,
+    SourceParams,
+    fraction_column,
+    load_params,
+    params_from_mapping,
+    params_to_yaml,
+)
 from pipeline.errors import ParamsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,3 +187,26 @@ def test_fraction_column_names() -> None:
     assert fraction_column(1.0) == "in_frac_1"
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         fraction_column(1.5)
+
+
+def test_a_backbone_can_train_for_its_own_number_of_epochs() -> None:
+    params = params_from_mapping(
+        {
+            "pretrain": {
+                "backbones": ["resnet_demo", "vit_tiny_demo"],
+                "init": "none",
+                "epochs": 20,
+                "backbone_epochs": {"vit_tiny_demo": 30},
+            },
+            "finetune": {"models": ["resnet_demo-random"]},
+        }
+    )
+    assert params.pretrain.epochs_of("vit_tiny_demo") == 30
+    assert params.pretrain.epochs_of("resnet_demo") == 20
+    with pytest.raises(ParamsError, match=r"backbone_epochs: \['vits14'\] not in pretrain"):
+        params_from_mapping(
+            {
+                "pretrain": {"backbones": ["resnet50"], "backbone_epochs": {"vits14": 30}},
+                "finetune": {"models": ["resnet50-random"]},
+            }
+        )

@@ -6,6 +6,7 @@ import torch
 from pipeline.config import BACKBONE_INPUT_MULTIPLE
 from pipeline.models.backbones import BACKBONES, create_backbone
 from pipeline.models.overlap import (
+    SINCOS_AMPLITUDE,
     DualEncoderOverlapModel,
     ViTOverlapModel,
     count_parameters,
@@ -87,3 +88,20 @@ def test_resnet_encoders_shared_or_separate() -> None:
     assert separate.subimage_encoder is not separate.encoder
     assert shared.subimage_encoder is shared.encoder
     assert count_parameters(shared) < count_parameters(separate)
+
+
+def test_a_random_vit_starts_with_a_sine_cosine_position_table() -> None:
+    """From random weights the patch positions must be visible next to the patch content."""
+    model = create_overlap_model("vit_tiny_demo", 112, 56)
+    table = model.encoder.pos_embed[0, model.encoder.num_prefix_tokens :]  # type: ignore[index]
+    assert table.shape == (64, 192)  # 8x8 patches of 14 at 112
+    quarter = 192 // 4
+    # Patch (0, 0): every sine is 0 and every cosine is the amplitude.
+    expected = torch.tensor(([0.0] * quarter + [SINCOS_AMPLITUDE] * quarter) * 2)
+    assert torch.allclose(table[0], expected)
+    # Rows and columns: the first quarter follows the column, the third the row.
+    grid = table.reshape(8, 8, 192)
+    assert torch.allclose(grid[0, :, 0], SINCOS_AMPLITUDE * torch.sin(torch.arange(8.0)))
+    assert torch.allclose(grid[:, 0, 2 * quarter], SINCOS_AMPLITUDE * torch.sin(torch.arange(8.0)))
+    assert 0.4 < float(table.pow(2).mean().sqrt()) < 0.6
+    assert table.requires_grad  # a starting point, learnt from there

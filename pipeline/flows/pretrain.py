@@ -77,6 +77,7 @@ def section_for(params: Params, backbone: str) -> dict[str, Any]:
     pretrain["subimage_size"] = params.pretrain.subimage_size
     pretrain["color_jitter"] = params.pretrain.color_jitter
     pretrain["weights_file"] = params.pretrain.weights_file.get(backbone)
+    pretrain["backbone_epochs"] = params.pretrain.backbone_epochs.get(backbone)
     return {"seed": params.seed, "pretrain": pretrain, "compute": params.compute.model_dump()}
 
 

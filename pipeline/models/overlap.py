@@ -68,6 +68,7 @@ class ViTOverlapModel(nn.Module):
         nn.init.trunc_normal_(self.segment_embed, std=1.0, a=-2.0, b=2.0)
         self.decoder = MaskDecoder(dim, decoder_channels)
         _mimetic_attention_init(encoder)
+        _sincos_position_init(encoder)
 
     def forward(self, source: Tensor, subimage: Tensor) -> Tensor:
         vit: Any = self.encoder
@@ -102,6 +103,29 @@ def _mimetic_attention_init(vit: Any) -> None:
         for block in vit.blocks:
             dim = block.attn.qkv.in_features
             block.attn.qkv.weight[dim : 2 * dim].copy_(block.attn.qkv.weight[:dim])
+
+
+# The table's scale: its entries' RMS is 0.7 / sqrt(2) = 0.5, near a random patch embedding's
+# (about 0.6 for a normalised image), so neither position nor content dominates at the start.
+SINCOS_AMPLITUDE = 0.7
+
+
+def _sincos_position_init(vit: Any, amplitude: float = SINCOS_AMPLITUDE) -> None:
+    """Start the patch tokens' positional embedding as a 2D sine-cosine table (as MAE fixes
+    its own), learnt from there. timm starts it as noise of std 0.02: next to patch tokens of
+    about 0.6, a ViT from random weights then sees almost no position, and the overlap task
+    is about where things are. Measured on the demo (vit_tiny_demo, 112/56, 30 epochs, seeds
+    0-2): mask IoU 0.511-0.528 against the centred-box baseline 0.433; with the noise start,
+    0.148 after 20 epochs and 0.476 after 60. Published weights loaded afterwards replace it."""
+    table = vit.pos_embed  # (1, prefix + h * w, dim): DINOv2 gives the [CLS] token a position
+    side = math.isqrt(table.shape[1] - vit.num_prefix_tokens)
+    quarter = table.shape[2] // 4
+    frequencies = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    rows, columns = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    angles = [axis.reshape(-1, 1).float() * frequencies for axis in (columns, rows)]
+    waves = [wave for angle in angles for wave in (torch.sin(angle), torch.cos(angle))]
+    with torch.no_grad():
+        table[0, vit.num_prefix_tokens :] = amplitude * torch.cat(waves, dim=1)
 
 
 class DualEncoderOverlapModel(nn.Module):

@@ -233,7 +233,9 @@ def run_pretrain(job: PretrainJob) -> dict[str, Any]:
         flips=p.flips,
         jitter=p.color_jitter,
     )
-    settings = engine_settings(params, job.checkpoint_dir)
+    settings = engine_settings(
+        params, job.checkpoint_dir, p.model_copy(update={"epochs": p.epochs_of(job.backbone)})
+    )
     logger = epoch_logger(job.tracking_uri, job.run_id) if context.is_main else None
     result = fit(
         task,
