@@ -56,13 +56,16 @@ sync:  ## Put .venv back to exactly the lock (after a package was installed or c
 	$(MAKE) install
 
 lock: install  ## Rewrite both locks from pyproject.toml (after a dependency change; LOCK_ARGS=--upgrade floats all).
+	@# uv compiles into a copy spelled as uv spells it (torch==X+cpu, the build it found), so
+	@# that the pins already locked stay its preferences; the lock then names the release alone
+	@# (stack.md: no +cpu in the project's files), and its hash still picks the CPU build.
+	sed 's/^torch==\([0-9.]*\) /torch==\1+cpu /' requirements/cpu.txt > $(VENV)/cpu-lock.txt
 	$(UV) pip compile pyproject.toml --extra dev --generate-hashes --quiet $(LOCK_ARGS) \
 		--python-version 3.11 --python-platform x86_64-manylinux_2_28 $(FIND_LINKS_ARGS) \
 		--no-emit-find-links --custom-compile-command "make lock  # for CPython 3.11, Linux x86_64, torch's CPU build" \
-		-o requirements/cpu.txt
-	@# The CPU build is chosen by its hash; the pin stays the public release (stack.md: no +cpu).
-	@grep -q '^torch==[0-9.]*+cpu ' requirements/cpu.txt || { echo "error: no CPU build of torch among the find-links ($(FIND_LINKS)): set FIND_LINKS to a folder or page that holds it" >&2; exit 2; }
-	sed -i 's/^torch==\([0-9.]*\)+cpu /torch==\1 /' requirements/cpu.txt
+		-o $(VENV)/cpu-lock.txt
+	@grep -q '^torch==[0-9.]*+cpu ' $(VENV)/cpu-lock.txt || { echo "error: no CPU build of torch among the find-links ($(FIND_LINKS)): set FIND_LINKS to a folder or page that holds it" >&2; exit 2; }
+	sed 's/^torch==\([0-9.]*\)+cpu /torch==\1 /' $(VENV)/cpu-lock.txt > requirements/cpu.txt
 	$(UV) pip compile pyproject.toml --extra dev --generate-hashes --quiet $(LOCK_ARGS) \
 		--python-version 3.12 --python-platform x86_64-manylinux_2_28 \
 		--custom-compile-command "make lock  # for CPython 3.12, Linux x86_64, torch's CUDA build" \
