@@ -33,7 +33,8 @@ from pipeline.errors import PipelineError
 
 PARENT_RUN_ENV = "SOP_PARENT_RUN_ID"
 TILE_INDEX_TAG = "data.tile_index_sha256"
-WEIGHTS_TAG = "sop.weights_sha256"  # a fine-tuning run's best weights: evaluate finds it by them
+WEIGHTS_TAG = "sop.weights_sha256"
+CODE_COMMIT_TAG = "sop.code_commit"  # a fine-tuning run's best weights: evaluate finds it by them
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 MAX_PARAM_VALUE = 6000  # MLflow 3's limit on a param value's length
@@ -126,6 +127,12 @@ def run_tags(
         tags["git.commit"] = commit
         tags["mlflow.source.git.commit"] = commit
         tags["git.dirty"] = str(dirty).lower()
+    # The pipeline's own code, wherever the pipeline root is (a user's project may be another
+    # repository, or none).
+    code_commit, code_dirty = git_state(Path(__file__).resolve().parent)
+    if code_commit is not None:
+        tags[CODE_COMMIT_TAG] = code_commit
+        tags["sop.code_dirty"] = str(code_dirty).lower()
     dvc_stage = dvc_stage or os.environ.get("DVC_STAGE")
     if dvc_stage:
         tags["dvc.stage"] = dvc_stage

@@ -162,7 +162,7 @@ def test_the_exported_encoder_is_encoder_a_alone(pretext_store: Path, tmp_path: 
     assert not {"git_commit", "mlflow_run_id", "resumed_from_step"} & set(provenance)
     assert not {"images_per_second", "peak_memory_mb", "processes"} & set(metrics)
     run = tracked_run(root)
-    assert run.data.tags["git.commit"] == head
+    assert run.data.tags["sop.code_commit"] == head  # the pipeline's code; the root is no repo
     assert run.data.metrics["run.images_per_second"] > 0
     assert run.data.tags["data.tile_index_sha256"] == provenance["tile_index_sha256"]
     assert run.data.params["pretrain.backbone"] == "resnet_demo"
