@@ -105,6 +105,7 @@ demo: install  ## Run the pipeline on the embedded synthetic data (CPU, minutes)
 	@$(BIN)/sop pretext --params demo/params.yaml
 	@echo; echo "Fine-tuned, on the test split (random vs SOP init at each label fraction):"
 	@cd demo && dvc metrics show metrics/evaluate
+	@echo; $(BIN)/sop certificate --params demo/params.yaml
 
 bench: install  ## CPU benchmarks (data path, tiling, the demo's stage times; ~15 min) -> benchmarks/results.md.
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -273,6 +274,46 @@ def pretext(
     for check in checks:
         typer.echo(check.line(min_margin))
     if strict and any(check.margin < min_margin for check in checks):
+        raise typer.Exit(1)
+
+
+@app.command()
+@one_line_errors
+def certificate(
+    params_file: ParamsOption = Path("params.yaml"),
+    write: Annotated[
+        bool, typer.Option("--write", help="Record this machine as the one dvc.lock certifies.")
+    ] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 1 when this machine is not the one recorded.")
+    ] = False,
+) -> None:
+    """Whether this machine is the kind whose outputs the root's dvc.lock records hash for hash
+    (its fingerprint against certified-on.json)."""
+    from pipeline.certificate import CERTIFICATE_FILE, fingerprint, record, recorded
+
+    root = params_file.resolve().parent
+    if write:
+        typer.echo(f"{record(root)}: {json.dumps(fingerprint())}")
+        return
+    here, certified = fingerprint(), recorded(root)
+    if certified == here:
+        typer.echo(f"this machine is the kind {root / 'dvc.lock'} certifies: {json.dumps(here)}")
+        return
+    differences = (
+        "no certificate"
+        if certified is None
+        else "; ".join(
+            f"{key} {here.get(key)!r}, certified {value!r}"
+            for key, value in certified.items()
+            if here.get(key) != value
+        )
+    )
+    typer.echo(
+        f"this machine is not the kind {root / 'dvc.lock'} certifies ({differences}, "
+        f"{root / CERTIFICATE_FILE}): outputs computed in floating point may hash differently"
+    )
+    if check:
         raise typer.Exit(1)
 
 
