@@ -347,3 +347,22 @@ def test_buildings_are_compact_blobs_near_roads(scene: tuple[np.ndarray, np.ndar
     road = cv2.dilate((mask == 4).astype(np.uint8), np.ones((3, 3), np.uint8), iterations=1)
     dist = cv2.distanceTransform((1 - road).astype(np.uint8), cv2.DIST_L2, 3)
     assert np.median(dist[mask == 1]) < 200
+
+
+def test_a_painted_store_holds_the_tiles_the_archive_path_cuts(tmp_path: Path) -> None:
+    """Without GeoTIFFs or GDAL, the same tiles, masks, ids and splits as archive -> tiling."""
+    from pipeline.data.store import TileStore
+    from pipeline.data.synthetic import painted_tile_store, synthetic_tile_store
+
+    sizes = {"n_scenes": 2, "height": 1100, "width": 1200, "seed": 5}
+    cut = TileStore(synthetic_tile_store(tmp_path / "cut", **sizes))
+    painted = TileStore(painted_tile_store(tmp_path / "painted", **sizes))
+    by_id = {tile: row for row, tile in enumerate(cut.index["tile_id"])}
+    assert sorted(by_id) == sorted(painted.index["tile_id"])
+    for row, tile in enumerate(painted.index["tile_id"]):
+        assert np.array_equal(painted.image(row), cut.image(by_id[tile])), tile
+        assert np.array_equal(painted.mask(row), cut.mask(by_id[tile])), tile
+    merged = painted.index.merge(cut.index, on="tile_id", suffixes=("", "_cut"))
+    assert (merged["split"] == merged["split_cut"]).all()
+    assert painted.meta.label_fractions == (1.0, 0.5, 0.25)
+    assert painted.index["in_frac_0.25"].sum() <= painted.index["in_frac_0.5"].sum()

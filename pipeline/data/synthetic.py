@@ -18,8 +18,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import numpy.typing as npt
-import rasterio
-from rasterio.transform import Affine
 
 from pipeline.config import SyntheticParams
 from pipeline.data.tiling import official_tile_grid
@@ -31,6 +29,7 @@ __all__ = [
     "SPLIT_NAMES",
     "SceneSpec",
     "SyntheticArchive",
+    "painted_tile_store",
     "synth_scene",
     "synthetic_tile_store",
     "write_landcoverai_archive",
@@ -891,6 +890,9 @@ def _write_geotiffs(
     folder: Path, name: str, image: ByteImage, mask: ByteImage, origin: tuple[float, float]
 ) -> tuple[Path, Path]:
     """images/<name>.tif and masks/<name>.tif under `folder`, georeferenced like the real data."""
+    import rasterio  # here, not above: painting needs no GDAL (painted_tile_store)
+    from rasterio.transform import Affine
+
     h, w = mask.shape
     common = {
         "driver": "GTiff",
@@ -936,17 +938,24 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_landcoverai_archive(
-    out_zip: Path,
-    *,
-    n_scenes: int = 6,
-    height: int = 1600,
-    width: int = 1700,
-    tile_size: int = 512,
-    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-    seed: int = 0,
-) -> SyntheticArchive:
-    """Write a byte-for-byte reproducible fake `landcover.ai.v1.zip` to `out_zip`."""
+@dataclass(frozen=True)
+class _Layout:
+    """Scenes, their georeference origins, the tiles' splits and each scene's random stream."""
+
+    scenes: list[SceneSpec]
+    origins: list[tuple[float, float]]
+    splits: dict[str, list[str]]
+    scene_seeds: list[np.random.SeedSequence]
+
+
+def _layout(
+    n_scenes: int,
+    height: int,
+    width: int,
+    tile_size: int,
+    split_fractions: tuple[float, float, float],
+    seed: int,
+) -> _Layout:
     if n_scenes < 1:
         raise ValueError(f"n_scenes must be >= 1, got {n_scenes}")
     if tile_size <= 0 or height < tile_size or width < tile_size:
@@ -955,8 +964,6 @@ def write_landcoverai_archive(
         raise ValueError(f"split_fractions must be 3 non-negative numbers: {split_fractions}")
     if not math.isclose(sum(split_fractions), 1.0, abs_tol=1e-6):
         raise ValueError(f"split_fractions must sum to 1, got {sum(split_fractions)}")
-    out_zip = Path(out_zip)
-
     # Independent streams: layout, split and every scene can change without shifting the rest.
     layout_seq, split_seq, *scene_seqs = np.random.SeedSequence(seed).spawn(n_scenes + 2)
     layout = np.random.default_rng(layout_seq)
@@ -970,21 +977,36 @@ def write_landcoverai_archive(
         origins.append(
             (float(layout.integers(400_000, 700_000)), float(layout.integers(300_000, 800_000)))
         )
-
     tile_ids = [
         f"{spec.name}_{k}"
         for spec in scenes
         for k, _, _ in official_tile_grid(spec.height, spec.width, tile_size)
     ]
     order = np.random.default_rng(split_seq).permutation(len(tile_ids))
-    counts = _split_counts(len(tile_ids), split_fractions)
-    bounds = np.cumsum([0, *counts])
+    bounds = np.cumsum([0, *_split_counts(len(tile_ids), split_fractions)])
     splits = {
         split: sorted(
             (tile_ids[int(i)] for i in order[bounds[j] : bounds[j + 1]]), key=_tile_sort_key
         )
         for j, split in enumerate(SPLIT_NAMES)
     }
+    return _Layout(scenes, origins, splits, scene_seqs)
+
+
+def write_landcoverai_archive(
+    out_zip: Path,
+    *,
+    n_scenes: int = 6,
+    height: int = 1600,
+    width: int = 1700,
+    tile_size: int = 512,
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+) -> SyntheticArchive:
+    """Write a byte-for-byte reproducible fake `landcover.ai.v1.zip` to `out_zip`."""
+    plan = _layout(n_scenes, height, width, tile_size, split_fractions, seed)
+    scenes, origins, splits, scene_seqs = plan.scenes, plan.origins, plan.splits, plan.scene_seeds
+    out_zip = Path(out_zip)
 
     pixel_counts = np.zeros(len(LANDCOVERAI_CLASS_NAMES), np.int64)
     out_zip.parent.mkdir(parents=True, exist_ok=True)
@@ -1091,3 +1113,67 @@ def synthetic_tile_store(
         tiling.tile_scene(scene, build.directory, meta)
     tiling.finalize_store(plan, work / "tiles")
     return work / "tiles"
+
+
+def painted_tile_store(
+    out: Path,
+    *,
+    n_scenes: int = 2,
+    height: int = 1100,
+    width: int = 1200,
+    tile_size: int = 512,
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    label_fractions: tuple[float, ...] = (1.0, 0.5, 0.25),
+    seed: int = 3,
+) -> Path:
+    """The tiles ``synthetic_tile_store`` cuts from the same scenes, painted straight into a
+    tile store at ``out``: no GeoTIFF, no archive, no GDAL (the GPU machine has no rasterio).
+
+    Rows follow the scenes in name order and each scene's tiles in LandCover.ai's numbering;
+    the training split carries the nested label subsets (``in_frac_<f>``).
+    """
+    import pandas as pd
+
+    from pipeline.data import store
+    from pipeline.data.store import StoreMeta
+
+    plan = _layout(n_scenes, height, width, tile_size, split_fractions, seed)
+    split_of = {tile: split for split, tiles in plan.splits.items() for tile in tiles}
+    grids = [official_tile_grid(s.height, s.width, tile_size) for s in plan.scenes]
+    store.allocate(out, sum(len(g) for g in grids), tile_size, has_masks=True)
+    images, masks = store.open_arrays(out, mode="r+")
+    assert masks is not None
+    rows: list[dict[str, object]] = []
+    for spec, grid, seq in zip(plan.scenes, grids, plan.scene_seeds, strict=True):
+        image, mask = synth_scene(spec.height, spec.width, np.random.default_rng(seq))
+        for k, y, x in grid:
+            row = len(rows)
+            images[row] = image[y : y + tile_size, x : x + tile_size]
+            masks[row] = mask[y : y + tile_size, x : x + tile_size]
+            counts = np.bincount(masks[row].ravel(), minlength=len(LANDCOVERAI_CLASS_NAMES))
+            rows.append(
+                {
+                    "tile_id": f"{spec.name}_{k}",
+                    "scene": spec.name,
+                    "k": k,
+                    "y": y,
+                    "x": x,
+                    "split": split_of[f"{spec.name}_{k}"],
+                    "row": row,
+                    "labelled": True,
+                    **{store.hist_column(c): int(n) for c, n in enumerate(counts)},
+                }
+            )
+    images.flush()
+    masks.flush()
+    meta = StoreMeta(
+        dataset="landcoverai",
+        tile_size=tile_size,
+        class_names=LANDCOVERAI_CLASS_NAMES,
+        label_fractions=tuple(sorted(label_fractions, reverse=True)),
+    )
+    index = store.add_label_fractions(
+        pd.DataFrame(rows), len(LANDCOVERAI_CLASS_NAMES), None, meta.label_fractions, 0
+    )
+    store.write_index(out, index, meta)
+    return out

@@ -18,20 +18,23 @@ from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import rasterio
 from PIL import Image
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
-from rasterio.windows import Window
 
 from pipeline.data import store
 from pipeline.data.store import StoreMeta
 from pipeline.errors import DataError
 from pipeline.files import atomic_write, write_text
+
+if TYPE_CHECKING:
+    from rasterio.windows import Window
+
+# rasterio (GDAL) is imported where scenes are read: the catalog, the store and the synthetic
+# painter import without it, as on the GPU machine, which carries no rasterio (README, "GPU check").
 
 PLAN_SUFFIX = ".plan.json"
 STAGING_SUFFIX = ".next"
@@ -216,6 +219,9 @@ class _DecodedImage:
 def _open_raster(path: Path) -> Any:
     if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
         return _DecodedImage(path)
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+
     try:
         with warnings.catch_warnings():
             # PNG/JPEG scenes carry no georeferencing; that is fine for tiling.
@@ -408,6 +414,10 @@ def tile_scene(scene: ScenePlan, out_dir: Path, meta: StoreMeta, threads: int = 
     decoded once anyway, and the cache would otherwise grow with the scene (hundreds of MB for
     a 9000x9500 orthophoto) while serving nothing.
     """
+    import rasterio
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
+
     record, size = scene.record, meta.tile_size
     images, masks = store.open_arrays(out_dir, mode="r+")
     n_classes = len(meta.class_names)
