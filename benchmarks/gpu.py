@@ -593,11 +593,11 @@ def measure_all(options: Options) -> dict[str, Any]:
     tiles, tile_size = 0, 0
     if any(case.kind == "pretrain" for case in cases):
         from pipeline.data.store import TileStore
-        from pipeline.data.synthetic import synthetic_tile_store
+        from pipeline.data.synthetic import painted_tile_store
 
         tick = time.perf_counter()
-        store_dir = synthetic_tile_store(
-            work / "data",
+        store_dir = painted_tile_store(  # no GeoTIFFs: the GPU machine has no rasterio
+            work / "tiles",
             n_scenes=options.scenes,
             height=options.scene_height,
             width=options.scene_width,

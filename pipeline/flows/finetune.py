@@ -50,16 +50,8 @@ from pipeline.flows.data import tiles_dir
 from pipeline.flows.pretrain import model_dir as pretrain_dir
 from pipeline.models.backbones import create_backbone
 from pipeline.models.inits import INITS, init_state, load_init
-from pipeline.models.segmenters import create_segmenter
-from pipeline.models.weights import read_state_dict, save_encoder
-from pipeline.train import distributed
-from pipeline.train.engine import validation_loader
-from pipeline.train.finetune import (
-    BEST_WEIGHTS_FILE,
-    FinetuneJob,
-    SegmentationTask,
-    SegmentationTiles,
-)
+from pipeline.models.weights import save_encoder
+from pipeline.train.finetune import BEST_WEIGHTS_FILE, FinetuneJob, evaluate_weights
 from pipeline.train.launch import resolve_device, resolve_processes
 from pipeline.train.pretrain import ENCODER_FILE
 
@@ -412,15 +404,10 @@ def evaluate_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
         import mlflow
 
         device = torch.device(resolve_device(params))
-        model = create_segmenter(cell.backbone, len(meta.class_names), f.input_size)
-        model.load_state_dict(read_state_dict(out / BEST_WEIGHTS_FILE))
-        model.to(device)
-        task = SegmentationTask.for_store(model, meta, base_init(cell.init), f)
-        loader = validation_loader(
-            SegmentationTiles(store, rows), f.batch_size, distributed.SINGLE_PROCESS
+        evaluation = evaluate_weights(
+            store, rows, cell.backbone, cell.init, out / BEST_WEIGHTS_FILE, f, device
         )
-        matrix = task.validation_sums(model, loader, device)["confusion"].cpu()
-        figures = task.summarise({"confusion": matrix}, prefix="test")
+        matrix, figures = evaluation.matrix, evaluation.figures
         metrics: dict[str, Any] = {
             **cell.identity(),
             **figures,
@@ -435,7 +422,7 @@ def evaluate_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
         confusion = {
             "split": split,
             "classes": list(meta.class_names),
-            "evaluated_classes": list(task.evaluated_classes),
+            "evaluated_classes": list(evaluation.evaluated_classes),
             "ignore_index": meta.ignore_index,
             "rows": "true class",
             "columns": "predicted class",

@@ -337,3 +337,34 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
         write_text(job.out_dir / RESULT_FILE, json.dumps(summary, indent=2))
     distributed.barrier(context)
     return summary
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    matrix: Tensor  # int64 (classes, classes): rows the true class, columns the predicted
+    figures: dict[str, float]  # test_miou, test_pixel_accuracy, test_iou_<class>
+    evaluated_classes: tuple[int, ...]  # the classes in the mean
+
+
+def evaluate_weights(
+    store: TileStore,
+    rows: npt.NDArray[np.int64],
+    backbone: str,
+    init: str,
+    weights: Path,
+    params: FinetuneParams,
+    device: torch.device,
+) -> Evaluation:
+    """A fine-tuned segmenter's weights on whole tiles of ``store``, through sliding windows of
+    ``finetune.input_size``."""
+    from pipeline.train.engine import validation_loader
+
+    model = create_segmenter(backbone, len(store.meta.class_names), params.input_size)
+    model.load_state_dict(read_state_dict(weights))
+    model.to(device)
+    task = SegmentationTask.for_store(model, store.meta, base_init(init), params)
+    tiles = SegmentationTiles(store, rows)
+    loader = validation_loader(tiles, params.batch_size, distributed.SINGLE_PROCESS)
+    matrix = task.validation_sums(model, loader, device)["confusion"].cpu()
+    figures = task.summarise({"confusion": matrix}, prefix="test")
+    return Evaluation(matrix, figures, task.evaluated_classes)
