@@ -54,6 +54,7 @@ def test_each_rank_draws_its_own_randomness_for_a_step() -> None:
 
 def test_one_process_needs_no_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
     context = distributed.from_environment()
     assert not context.enabled
     assert context.is_main
@@ -74,3 +75,12 @@ def test_torchrun_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert context.device("cuda") == torch.device("cuda", 1)
     assert context.device("cpu") == torch.device("cpu")
+
+
+def test_a_torchrun_launch_of_one_process_joins_a_process_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    context = distributed.from_environment()
+    assert (context.world_size, context.enabled, context.is_main) == (1, True, True)

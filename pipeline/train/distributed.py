@@ -1,6 +1,8 @@
 """Data-parallel training with DDP, launched by torchrun (or one process with no launcher).
 
 torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; without them a run is one process.
+Under torchrun a run joins a process group even as its only rank, so that
+``--nproc_per_node=1`` runs the NCCL and DDP path of a multi-GPU launch.
 The backend is NCCL on CUDA and gloo on CPU, so the multi-process path runs (and is tested) on
 a machine without a GPU.
 """
@@ -20,10 +22,11 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by torchrun (a process group, even of one)
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.launched or self.world_size > 1
 
     @property
     def is_main(self) -> bool:
@@ -41,10 +44,14 @@ SINGLE_PROCESS = Distributed()
 
 def from_environment() -> Distributed:
     """The process's place in a torchrun launch; a single process without one."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
         return SINGLE_PROCESS
-    return Distributed(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    return Distributed(
+        int(os.environ["RANK"]),
+        int(os.environ["WORLD_SIZE"]),
+        int(os.environ.get("LOCAL_RANK", "0")),
+        launched=True,
+    )
 
 
 def initialise(context: Distributed, device: torch.device) -> None:
