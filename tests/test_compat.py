@@ -9,10 +9,10 @@ import json, sys
 try:
     import torchvision
     plain = True
-except RuntimeError:
+except RuntimeError:  # a torchvision whose compiled ops do not fit this torch
     plain = False
-for name in [m for m in sys.modules if m.startswith("torchvision")]:
-    del sys.modules[name]
+    for name in [m for m in sys.modules if m.startswith("torchvision")]:
+        del sys.modules[name]  # its half-initialised modules, as compat drops them
 from pipeline import compat
 compat.ensure_torchvision()
 import timm, torch
