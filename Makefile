@@ -31,7 +31,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.sop/dvc-site-cache
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install sync lock test test-fast lint format typecheck demo bench bench-gpu mlflow-ui clean clean-demo help
+.PHONY: install sync lock test test-fast lint format typecheck demo bench bench-gpu gpu-wheels gpu-check mlflow-ui clean clean-demo help
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -112,6 +112,30 @@ bench: install  ## CPU benchmarks (data path, tiling, the demo's stage times; ~1
 
 bench-gpu: install  ## GPU training throughput and MFU, optimised vs eager (CUDA) -> benchmarks/results.md.
 	$(BIN)/python benchmarks/gpu.py $(BENCH_ARGS)
+
+# The GPU machine's own python3 (3.12, torch and timm, no network) lacks what the check imports
+# from these; they travel with the tree as wheels, at the CUDA lock's versions (README, GPU check).
+GPU_WHEELS_DIR := .gpu-wheels
+GPU_WHEELS := albumentations albucore stringzilla simsimd pydantic pydantic-core annotated-types \
+	typing-inspection typing-extensions timm
+GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 \
+	manylinux1_x86_64 manylinux_2_24_x86_64 manylinux_2_31_x86_64 manylinux_2_34_x86_64
+GPU_PYTHON ?= python3
+GPU_SITE ?= /tmp/sop-gpu-site
+locked_version = $(shell sed -n 's/^$(1)==\([^ ]*\) .*/\1/p' requirements/cuda.txt)
+
+gpu-wheels: install  ## Fetch the GPU check's wheels (CPython 3.12, manylinux) into .gpu-wheels/.
+	rm -rf $(GPU_WHEELS_DIR)
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp $(foreach p,$(GPU_PLATFORMS),--platform $(p)) -d $(GPU_WHEELS_DIR) \
+		$(foreach name,$(GPU_WHEELS),$(name)==$(call locked_version,$(name)))
+	@du -ch $(GPU_WHEELS_DIR)/*.whl | tail -n 1
+
+gpu-check:  ## On the GPU machine (its python3, the wheels of gpu-wheels): CUDA paths, throughput, a grid cell.
+	@ls $(GPU_WHEELS_DIR)/*.whl > /dev/null 2>&1 || { echo "error: no wheels in $(GPU_WHEELS_DIR)/: run make gpu-wheels here and carry $(GPU_WHEELS_DIR)" >&2; exit 2; }
+	$(GPU_PYTHON) -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+		--target $(GPU_SITE) $(GPU_WHEELS_DIR)/*.whl
+	PYTHONPATH=$(GPU_SITE) PYTHONUNBUFFERED=1 $(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 mlflow-ui: install  ## Serve the demo's MLflow runs on http://127.0.0.1:5000.
 	$(BIN)/sop mlflow-ui --params demo/params.yaml

@@ -596,12 +596,14 @@ def measure_all(options: Options) -> dict[str, Any]:
         from pipeline.data.synthetic import painted_tile_store
 
         tick = time.perf_counter()
-        store_dir = painted_tile_store(  # no GeoTIFFs: the GPU machine has no rasterio
-            work / "tiles",
-            n_scenes=options.scenes,
-            height=options.scene_height,
-            width=options.scene_width,
-        )
+        store_dir = work / "tiles"
+        if not (store_dir / "index.parquet").exists():  # a store painted by an earlier call
+            painted_tile_store(  # no GeoTIFFs: the GPU machine has no rasterio
+                store_dir,
+                n_scenes=options.scenes,
+                height=options.scene_height,
+                width=options.scene_width,
+            )
         store = TileStore(store_dir)
         tiles, tile_size = len(store), store.meta.tile_size
         print(
