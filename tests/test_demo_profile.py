@@ -31,3 +31,25 @@ def test_dvc_lock_files_are_not_git_ignored() -> None:
             ["git", "check-ignore", "-q", lock], cwd=REPO, check=False, capture_output=True
         )
         assert result.returncode == 1, f"{lock} is git-ignored"
+
+
+def test_the_committed_demo_lock_records_the_code_as_it_is() -> None:
+    """A code change that leaves demo/dvc.lock behind makes `make demo` rewrite it, and CI
+    refuses a clone the README's commands changed: say so here, naming the files."""
+    import hashlib
+
+    lock = yaml.safe_load((REPO / "demo" / "dvc.lock").read_text())
+    stale: dict[str, list[str]] = {}
+    for stage, entry in lock["stages"].items():
+        for dep in entry.get("deps", []):
+            path = (REPO / "demo" / dep["path"]).resolve()
+            if path.is_relative_to(REPO / "demo") or not path.is_file():
+                continue  # the demo's data, not code
+            if hashlib.md5(path.read_bytes()).hexdigest() != dep["md5"]:
+                stale.setdefault(str(path.relative_to(REPO)), []).append(stage)
+    changed = ", ".join(f"{path} (read by {len(stages)} stages)" for path, stages in stale.items())
+    assert not stale, (
+        "demo/dvc.lock is stale: the code changed since it was written: "
+        f"{changed}; run `make demo` on a fresh clone, on the machine kind "
+        "demo/certified-on.json names, and commit its demo/dvc.lock"
+    )
