@@ -1,4 +1,4 @@
-"""benchmarks/gpu.py: the CLI without a GPU, and its CPU smoke run end to end.
+"""benchmarks/gpu.py: the CLI without a GPU (gpu_check.py's too), and its CPU smoke run end to end.
 
 No timing thresholds: the figures depend on the machine. The FLOP counts are checked against an
 independent count of each model's forward pass (training is about 3x the forward).
@@ -6,6 +6,7 @@ independent count of each model's forward pass (training is about 3x the forward
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -27,15 +28,18 @@ def gpu() -> ModuleType:
     return module
 
 
+@pytest.mark.parametrize("script", ["gpu", "gpu_check"])
 def test_without_cuda_it_says_the_figures_are_pending_and_exits_2(
-    gpu: ModuleType,
+    script: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
 ) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = importlib.import_module(script)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     out = tmp_path / "results.md"
-    assert gpu.main(["--out", str(out)]) == 2
+    assert module.main(["--out", str(out)]) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1, captured.err
