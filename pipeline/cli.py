@@ -170,7 +170,7 @@ FractionsOption = Annotated[
 ]
 SeedsOption = Annotated[
     list[int] | None,
-    typer.Option("--seed", "-s", help="A seed of the grid (default: finetune.seeds)."),
+    typer.Option("--seed", "-S", help="A seed of the grid (default: finetune.seeds)."),
 ]
 
 

@@ -112,3 +112,31 @@ def test_pretext_without_pretrain_metrics_names_the_folder(tmp_path: Path) -> No
     result = CliRunner().invoke(app, ["pretext", "--params", str(tmp_path / "params.yaml")])
     assert result.exit_code == 2
     assert f"{tmp_path / 'metrics' / 'pretrain'}: no pretrain metrics" in result.output
+
+
+def test_a_short_option_means_one_long_option_across_the_command_tree() -> None:
+    """`-s` once meant both --set and --seed in one command: each short option now names one
+    long option in every command that has it."""
+    import re
+
+    import click
+    import typer.main
+
+    meaning: dict[str, set[str]] = {}
+
+    def walk(command: click.Command, path: str) -> None:
+        seen: list[str] = []
+        for param in command.params:
+            names = [*param.opts, *param.secondary_opts]
+            long = next((n for n in names if n.startswith("--")), param.name or "")
+            for short in (n for n in names if re.fullmatch(r"-[A-Za-z]", n)):
+                seen.append(short)
+                meaning.setdefault(short, set()).add(long)
+        assert len(seen) == len(set(seen)), f"{path}: a short option twice: {sorted(seen)}"
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}")
+
+    walk(typer.main.get_command(app), "sop")
+    assert meaning, "no short options found: the walk saw no commands"
+    clashes = {short: longs for short, longs in meaning.items() if len(longs) > 1}
+    assert not clashes, clashes
