@@ -134,7 +134,7 @@ def write_json(path: Path, value: Any) -> None:
 def run_job(job: Any, processes: int, work: Path) -> dict[str, Any]:
     """A training job's result: in this process, or as ``processes`` DDP ranks via torchrun
     (the main rank writes the result file, read back here)."""
-    from pipeline.train.launch import RESULT_FILE
+    from pipeline.train.jobs import RESULT_FILE
 
     if processes == 1:
         result: dict[str, Any] = job.run()

@@ -52,7 +52,7 @@ from pipeline.models.backbones import create_backbone
 from pipeline.models.inits import INITS, init_state, load_init
 from pipeline.models.weights import save_encoder
 from pipeline.train.finetune import BEST_WEIGHTS_FILE, FinetuneJob, evaluate_weights
-from pipeline.train.launch import resolve_device, resolve_processes
+from pipeline.train.jobs import resolve_device, resolve_processes
 from pipeline.train.pretrain import ENCODER_FILE
 
 RUN_FILE = "run.json"

@@ -39,7 +39,7 @@ from pipeline.flows.common import (
 )
 from pipeline.flows.data import tiles_dir
 from pipeline.models.backbones import BACKBONES
-from pipeline.train.launch import resolve_processes
+from pipeline.train.jobs import resolve_processes
 from pipeline.train.pretrain import ENCODER_FILE, PretrainJob
 
 PROVENANCE_FILE = "provenance.json"

@@ -37,7 +37,7 @@ from pipeline.models.segmenters import create_segmenter
 from pipeline.models.weights import read_state_dict, save_encoder
 from pipeline.train import distributed
 from pipeline.train.engine import fit, load_best
-from pipeline.train.launch import (
+from pipeline.train.jobs import (
     RESULT_FILE,
     JobFile,
     engine_settings,

@@ -1,4 +1,4 @@
-"""Training jobs (pretraining, fine-tuning): what one process (or each torchrun rank) runs.
+"""The training process: ``python -m pipeline.train.launch JOB.json``, alone or as torchrun ranks.
 
 A stage's flow writes a job file and runs it here, in its own process for one device or
 through ``torchrun --nproc_per_node N -m pipeline.train.launch JOB`` for DDP. The main rank
@@ -9,118 +9,15 @@ orchestrates, whatever the number of training processes.
 
 from __future__ import annotations
 
-import json
-import math
-import resource
 import sys
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from pipeline.config import FinetuneParams, Params, PretrainParams
-from pipeline.errors import ParamsError
 from pipeline.train import distributed
-from pipeline.train.engine import EngineSettings
+from pipeline.train.finetune import FinetuneJob
+from pipeline.train.jobs import read_job
+from pipeline.train.pretrain import PretrainJob
 
-RESULT_FILE = "result.json"
-_PATH_FIELDS = ("params_file", "store_dir", "out_dir", "checkpoint_dir", "init_weights")
-
-
-class JobFile:
-    """A job as JSON, tagged with its kind, for ``python -m pipeline.train.launch``."""
-
-    def write(self, path: Path) -> Path:
-        fields = asdict(self)  # type: ignore[call-overload]
-        raw = {k: str(v) if isinstance(v, Path) else v for k, v in fields.items()}
-        path.write_text(json.dumps({"kind": type(self).__name__, **raw}))
-        return path
-
-
-def read_job(path: Path) -> Any:
-    """The PretrainJob or FinetuneJob a flow wrote to ``path``."""
-    from pipeline.train.finetune import FinetuneJob
-    from pipeline.train.pretrain import PretrainJob
-
-    raw = json.loads(path.read_text())
-    kind = raw.pop("kind", "PretrainJob")
-    for key in _PATH_FIELDS:
-        if key in raw:
-            raw[key] = Path(raw[key])
-    return FinetuneJob(**raw) if kind == "FinetuneJob" else PretrainJob(**raw)
-
-
-def resolve_device(params: Params) -> str:
-    wanted = params.compute.device
-    if wanted == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if wanted == "cuda" and not torch.cuda.is_available():
-        raise ParamsError("compute.device: cuda requested but no GPU is visible")
-    return wanted
-
-
-def resolve_processes(params: Params) -> int:
-    """DDP processes: ``compute.devices``, or every visible GPU (1 on CPU) for auto."""
-    if params.compute.devices != "auto":
-        return params.compute.devices
-    return max(1, torch.cuda.device_count()) if resolve_device(params) == "cuda" else 1
-
-
-def engine_settings(
-    params: Params,
-    checkpoint_dir: Path,
-    section: PretrainParams | FinetuneParams | None = None,
-    best_metric: str | None = None,
-    seed: int | None = None,
-) -> EngineSettings:
-    """The engine's settings from a params section; ``seed`` (a grid cell's) overrides
-    ``params.seed``."""
-    p, compute = section or params.pretrain, params.compute
-    return EngineSettings(
-        epochs=p.epochs,
-        batch_size=p.batch_size,
-        lr_backbone=p.lr_backbone,
-        lr_head=p.lr_head,
-        weight_decay=p.weight_decay,
-        warmup_epochs=p.warmup_epochs,
-        seed=params.seed if seed is None else seed,
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_every=compute.checkpoint_every,
-        compile=compute.compile,
-        num_workers=compute.loader_workers,
-        progress=compute.progress,
-        device=resolve_device(params),
-        best_metric=best_metric,
-    )
-
-
-def peak_memory_mb(device: str) -> float:
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def epoch_logger(tracking_uri: str | None, run_id: str | None) -> Any:
-    if not run_id:
-        return None
-    import time
-
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-
-    def log(epoch: int, metrics: dict[str, float]) -> None:
-        now = int(time.time() * 1000)
-        batch = [
-            Metric(k, v, now, epoch)
-            for k, v in metrics.items()
-            if k != "epoch" and not math.isnan(v)
-        ]
-        client.log_batch(run_id, metrics=batch)
-
-    return log
+JOBS = (PretrainJob, FinetuneJob)  # importing them registers their kinds with read_job
 
 
 def main(argv: list[str] | None = None) -> int:

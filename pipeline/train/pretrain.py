@@ -24,7 +24,7 @@ from pipeline.models.overlap import create_overlap_model
 from pipeline.models.weights import load_starting_weights, save_encoder
 from pipeline.train import distributed
 from pipeline.train.engine import fit
-from pipeline.train.launch import (
+from pipeline.train.jobs import (
     RESULT_FILE,
     JobFile,
     engine_settings,
