@@ -58,7 +58,7 @@ sync:  ## Put .venv back to exactly the lock (after a package was installed or c
 lock: install  ## Rewrite both locks from pyproject.toml (after a dependency change; LOCK_ARGS=--upgrade floats all).
 	@# uv compiles into a copy spelled as uv spells it (torch==X+cpu, the build it found), so
 	@# that the pins already locked stay its preferences; the lock then names the release alone
-	@# (stack.md: no +cpu in the project's files), and its hash still picks the CPU build.
+	@# (no +cpu in the project's files), and its hash still picks the CPU build.
 	sed 's/^torch==\([0-9.]*\) /torch==\1+cpu /' requirements/cpu.txt > $(VENV)/cpu-lock.txt
 	$(UV) pip compile pyproject.toml --extra dev --generate-hashes --quiet $(LOCK_ARGS) \
 		--python-version 3.11 --python-platform x86_64-manylinux_2_28 $(FIND_LINKS_ARGS) \

@@ -276,7 +276,7 @@ class DataParams(_Section):
 
 
 class PretrainParams(_Section):
-    """The overlap pretext task (paper.md: 'Decided defaults')."""
+    """The overlap pretext task (README, "Where the paper is silent")."""
 
     backbones: list[BackboneName] = Field(
         default_factory=lambda: list(PAPER_BACKBONES),

@@ -108,3 +108,66 @@ def test_a_cycle_is_found() -> None:
 def test_pipeline_has_no_import_cycle() -> None:
     found = cycles(import_graph())
     assert not found, "import cycles in pipeline/: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def architecture_listing() -> set[str]:
+    """The package tree the README's Architecture block lists: ``data/tiling.py`` etc."""
+    text = (ROOT / "README.md").read_text().split("## Architecture", 1)[1]
+    block = text.split("```", 2)[1]
+    listed: set[str] = set()
+    folders: list[str] = []
+    inside = False
+    for line in block.splitlines():
+        name = line.strip().split("  ")[0]
+        depth = (len(line) - len(line.lstrip())) // 2
+        if depth == 0:
+            inside = name == "pipeline/"
+            folders = []
+            continue
+        entries = name.split(", ")
+        if not inside or (not all(e.endswith(".py") for e in entries) and not name.endswith("/")):
+            continue  # a description's continuation line
+        folders = folders[: depth - 1]
+        if name.endswith("/"):
+            folders.append(name.rstrip("/"))
+            continue
+        for entry in entries:
+            listed.add("/".join([*folders, entry]))
+    return listed
+
+
+def test_the_readme_architecture_lists_every_module_and_no_other() -> None:
+    modules = {
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "__init__.py"
+    }
+    listed = architecture_listing()
+    assert "data/tiling.py" in listed  # the parse reads the nested folders
+    assert not modules - listed, f"README Architecture lacks: {sorted(modules - listed)}"
+    assert not listed - modules, (
+        f"README Architecture lists no such module: {sorted(listed - modules)}"
+    )
+
+
+def test_nothing_cites_a_markdown_file_that_is_not_in_the_repository() -> None:
+    """Notes outside the repository (the project's planning notes) are no reference for a
+    reader of the code: cite the README's sections instead."""
+    import re
+    import subprocess
+
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    known = {Path(path).name for path in tracked} | {"report.md"}  # report.md: the report's output
+    cited: dict[str, str] = {}
+    for folder in ("pipeline", "stages", "tests", "benchmarks"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for name in re.findall(r"[\w./-]+\.md\b", path.read_text()):
+                cited.setdefault(Path(name).name, str(path.relative_to(ROOT)))
+    for path in ("Makefile", "Dockerfile", "dvc.yaml", "params.yaml", "demo/params.yaml"):
+        for name in re.findall(r"[\w./-]+\.md\b", (ROOT / path).read_text()):
+            cited.setdefault(Path(name).name, path)
+    assert "README.md" in cited  # the scan reads the sources
+    missing = {name: where for name, where in cited.items() if name not in known}
+    assert not missing, f"cited but not in the repository: {missing}"

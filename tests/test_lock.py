@@ -97,7 +97,7 @@ def test_a_changed_missing_or_extra_distribution_is_named() -> None:
 
 
 def test_the_cpu_lock_pins_no_local_build_and_the_cuda_lock_holds_torchs_cuda_libraries() -> None:
-    # stack.md: the pin names the release; the CPU build is chosen by its hash.
+    # The pin names the release; the CPU build is chosen by its hash (README, "Installing").
     assert "+cpu" not in LOCKS[0].read_text()
     cuda = locked_versions(LOCKS[1])
     assert any(name.startswith("nvidia-") for name in cuda)

@@ -105,7 +105,7 @@ def test_box_iou_by_hand() -> None:
 
 
 def test_centred_baseline_matches_the_position_prior() -> None:
-    """Averaged over every position, the centred box scores about 0.40 (paper.md)."""
+    """Averaged over every position, the centred box scores about 0.40 (as the paper states)."""
     for source, subimage in ((224, 112), (112, 56)):
         positions = torch.arange(source - subimage + 1)
         boxes = torch.cartesian_prod(positions, positions)

@@ -1,6 +1,6 @@
 """Fine-tuning initialisations: where each one's weights come from and how its inputs were scaled.
 
-Sources and normalisations are those of shared/notes/weights.md. Published files are fetched
+Sources and normalisations: README, "Fine-tuning and evaluation". Published files are fetched
 from a pinned URL into a cache and checked against the SHA-256 prefix in their name (torch.hub's
 convention) before they are read; timm weights come through the hub; the SOP init is this
 project's own pretrain output. Offline, every published init takes a local copy through
@@ -108,7 +108,7 @@ IMAGENET = Normalisation.imagenet()
 # x = max to (255 - m)/s. Note: SeCo's own training code (seasonal-contrast,
 # datasets/seco_dataset.py) stores that 0..255 result as uint8 and ToTensor divides it by 255
 # again before the ImageNet step (mean = min + m (max - min), std = s (max - min)); torchgeo's
-# chain, which weights.md states and this follows, lacks that division.
+# chain, which this follows, lacks that division.
 SECO = (
     Normalisation.raw()
     .then(SECO_MIN, [hi - lo for lo, hi in zip(SECO_MIN, SECO_MAX, strict=True)])

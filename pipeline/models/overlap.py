@@ -1,7 +1,7 @@
 """The overlap (pretext) models: source + subimage -> logits of the subimage's mask.
 
 After pretraining only ``encoder`` is kept (the ViT, or the ResNet's source encoder A); the
-decoder, and the ResNet's subimage encoder B, are thrown away (paper.md).
+decoder, and the ResNet's subimage encoder B, are thrown away, as the paper does.
 """
 
 from __future__ import annotations

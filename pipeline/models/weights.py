@@ -23,7 +23,7 @@ from pipeline.errors import PipelineError
 from pipeline.files import atomic_write
 from pipeline.models.backbones import BACKBONES
 
-# The published pretext starting points (shared/notes/weights.md).
+# The published pretext starting points (README, "Pretraining").
 PUBLISHED_TAG = {"vits14": "lvd142m", "resnet50": "tv_in1k"}
 CONTAINER_KEYS = ("state_dict", "model", "module", "teacher")
 

@@ -13,7 +13,7 @@ def sigmoid_focal_loss(
 
     ``alpha`` weights positives by alpha and negatives by 1 - alpha; off by default here because
     the detection default 0.25 down-weights the subimage's pixels, a quarter of the source
-    (paper.md). ``gamma=0`` and no alpha is plain binary cross-entropy.
+    (README, "Where the paper is silent"). ``gamma=0`` and no alpha is plain binary cross-entropy.
     """
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     p = logits.sigmoid()

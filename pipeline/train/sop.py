@@ -3,8 +3,8 @@
 Everything is batched tensor indexing on the tiles' device, with no Python loop per sample, so on
 a GPU the sampling costs a few kernels per step. The source is the tile resized to
 ``source_size``; the subimage is an axis-aligned ``subimage_size`` crop of the resized source at
-a uniformly random position, not resized, rotated or colour-changed (paper.md, "Decided
-defaults"); the target is 1 exactly on the crop's rectangle.
+a uniformly random position, not resized, rotated or colour-changed (README, "Where the paper
+is silent"); the target is 1 exactly on the crop's rectangle.
 """
 
 from __future__ import annotations
