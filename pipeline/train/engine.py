@@ -58,6 +58,7 @@ class Task(Protocol):
     """What the engine needs from pretraining or fine-tuning."""
 
     model: nn.Module
+    shown: tuple[str, ...]  # the validation metrics the progress bar shows
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone parameters, new-layer parameters)."""
@@ -319,6 +320,60 @@ def evaluate(
     return task.summarise(evaluation_sums(task, model, val_set, device, batch_size, context))
 
 
+def build_optimizer(task: Task, settings: EngineSettings, device: torch.device) -> Any:
+    """AdamW over two groups, the backbone's and the new layers' learning rates (fused on CUDA)."""
+    backbone, head = task.param_groups()
+    return torch.optim.AdamW(
+        [
+            {"params": backbone, "lr": settings.lr_backbone},
+            {"params": head, "lr": settings.lr_head},
+        ],
+        weight_decay=settings.weight_decay,
+        fused=device.type == "cuda",
+    )
+
+
+def build_scheduler(optimizer: Any, warmup_steps: int, total_steps: int) -> Any:
+    """Linear warm-up, then cosine to zero, stepped once per optimiser step."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup_steps, total_steps)
+    )
+
+
+@dataclass
+class _Loop:
+    """One ``fit``'s state, shared by its steps: set-up, resume, an epoch, an epoch's end."""
+
+    task: Task
+    settings: EngineSettings
+    context: Distributed
+    device: torch.device
+    model: nn.Module  # the task's model, on the device: what is saved and evaluated
+    forward_model: Any  # the same, wrapped by DDP and torch.compile where on: what is trained
+    optimizer: Any
+    scheduler: Any
+    samples: int
+    steps_per_epoch: int
+    total: int
+    step: int = 0
+    resumed_from: int | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    # A resumed epoch's running loss, summed over all ranks, carried by the main rank alone so
+    # that the epoch's all-reduce counts it once.
+    partial: tuple[float, int] = (0.0, 0)
+    trained_steps: int = 0
+    train_seconds: float = 0.0
+    bar: Any = None
+
+    @property
+    def per_rank(self) -> int:
+        return self.settings.batch_size // self.context.world_size
+
+    @property
+    def images_per_second(self) -> float:
+        return self.trained_steps * self.settings.batch_size / max(self.train_seconds, 1e-9)
+
+
 def fit(
     task: Task,
     train_set: Dataset[Any],
@@ -329,14 +384,40 @@ def fit(
 ) -> FitResult:
     """Train ``task.model`` in place; per-epoch metrics go to ``on_epoch`` on the main rank."""
     started = time.perf_counter()
-    context = context or distributed.from_environment()
+    loop = _set_up(task, len(train_set), settings, context or distributed.from_environment())  # type: ignore[arg-type]
+    _resume(loop)
+    loop.bar = tqdm(
+        total=loop.total,
+        initial=loop.step,
+        desc="train",
+        disable=not (settings.progress and loop.context.is_main),
+        unit="step",
+    )
+    while loop.step < loop.total:
+        epoch, offset = divmod(loop.step, loop.steps_per_epoch)
+        loss_sum, seen = _train_epoch(loop, train_set, epoch, offset)
+        if loop.step % loop.steps_per_epoch == 0:
+            _end_epoch(loop, val_set, epoch, loss_sum, seen, on_epoch)
+    loop.bar.close()
+    best = settings.best_metric
+    return FitResult(
+        loop.step,
+        loop.history,
+        loop.resumed_from,
+        time.perf_counter() - started,
+        loop.images_per_second,
+        best_epoch(loop.history, best) if best else None,
+    )
+
+
+def _set_up(task: Task, samples: int, settings: EngineSettings, context: Distributed) -> _Loop:
+    """The device, the process group, the placed and wrapped model, optimiser and schedule."""
     device = context.device(settings.device)
     distributed.initialise(context, device)
     if settings.batch_size % context.world_size:
         raise ValueError(
             f"batch size {settings.batch_size} is not divisible by {context.world_size} ranks"
         )
-    per_rank = settings.batch_size // context.world_size
     torch.manual_seed(settings.seed)
     model = task.model.to(device)
     if settings.channels_last and device.type == "cuda":
@@ -349,165 +430,166 @@ def fit(
     forward_model: Any = (
         torch.compile(wrapped, backend=settings.compile_backend) if settings.compile else wrapped
     )
-    backbone, head = task.param_groups()
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": backbone, "lr": settings.lr_backbone},
-            {"params": head, "lr": settings.lr_head},
-        ],
-        weight_decay=settings.weight_decay,
-        fused=device.type == "cuda",
-    )
-    n = len(train_set)  # type: ignore[arg-type]
-    steps_per_epoch = n // settings.batch_size
+    optimizer = build_optimizer(task, settings, device)
+    steps_per_epoch = samples // settings.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"{n} training samples are fewer than one batch of {settings.batch_size}")
-    total = settings.epochs * steps_per_epoch
-    warmup = settings.warmup_epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
-    history: list[dict[str, float]] = []
-    step, resumed_from = 0, None
-    settings.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = latest_checkpoint(settings.checkpoint_dir)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        step = resumed_from = int(checkpoint["step"])
-        history = list(checkpoint["history"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-    # The running loss of a resumed epoch continues from the checkpoint's (the sum over all
-    # ranks, carried by the main rank alone so that the epoch's all-reduce counts it once).
-    partial_sum, partial_seen = 0.0, 0
-    if checkpoint is not None and context.is_main:
-        partial_sum, partial_seen = checkpoint["epoch_loss_sum"], checkpoint["epoch_seen"]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    eval_batch = settings.eval_batch_size or per_rank
-    bar = tqdm(
-        total=total,
-        initial=step,
-        desc="train",
-        disable=not (settings.progress and context.is_main),
-        unit="step",
-    )
-    trained_steps, train_seconds = 0, 0.0
-    while step < total:
-        epoch, offset = divmod(step, steps_per_epoch)
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(epoch)  # before the workers are forked: they carry it
-        loader = DataLoader(
-            train_set,
-            batch_size=per_rank,
-            drop_last=True,
-            sampler=EpochOrder(n, settings.seed, epoch, settings.batch_size, offset, context),
-            num_workers=settings.num_workers,
-            worker_init_fn=seed_worker,
-            generator=torch.Generator().manual_seed(
-                (settings.seed * 1_000_003 + epoch) * 1009 + context.rank
-            ),
-            pin_memory=device.type == "cuda",
-            collate_fn=Collate.for_prefetch(PREFETCH_BATCHES),
-            prefetch_factor=PREFETCH_BATCHES if settings.num_workers else None,
+        raise ValueError(
+            f"{samples} training samples are fewer than one batch of {settings.batch_size}"
         )
-        model.train()
-        loss_sum = torch.full((), partial_sum, device=device)
-        seen, partial_sum, partial_seen = partial_seen, 0.0, 0
-        tick, tick_step = time.perf_counter(), step
-        for batch in loader:
-            batch = to_device(batch, device)
-            generator = step_generator(settings.seed, step, device, context.rank)
-            with autocast:
-                loss = task.training_loss(forward_model, batch, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach()  # stays on the device: no host sync per step
-            seen += 1
-            step += 1
-            bar.update(1)
-            failpoint("train.step")
-            if step % READOUT_EVERY == 0:
-                elapsed = time.perf_counter() - tick
-                rate = (step - tick_step) * settings.batch_size / elapsed
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", img_s=f"{rate:.0f}")
-            if step % settings.checkpoint_every == 0 and step % steps_per_epoch:
-                running = distributed.all_reduce_sum(
-                    torch.stack([loss_sum, torch.tensor(float(seen), device=device)]), context
-                ).tolist()
-                _save(settings, context, model, optimizer, scheduler, step, history, *running)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        trained_steps += step - tick_step
-        train_seconds += time.perf_counter() - tick
-        if step % steps_per_epoch == 0:
-            distributed.broadcast_buffers(model, context)
-            totals = distributed.all_reduce_sum(
-                torch.stack([loss_sum, torch.tensor(float(seen), device=device)]), context
-            )
-            metrics = {
-                "epoch": float(step // steps_per_epoch),
-                "train_loss": (totals[0] / totals[1].clamp(min=1)).item(),
-                **evaluate(task, model, val_set, device, eval_batch, context),
-            }
-            history.append(metrics)  # deterministic figures only: a resumed run must match
-            best = settings.best_metric
-            if best is not None and context.is_main and best_epoch(history, best) == epoch + 1:
-                _atomic_save(
-                    {
-                        "model": model.state_dict(),
-                        "epoch": epoch + 1,
-                        "metric": best,
-                        "value": metrics[best],
-                    },
-                    settings.checkpoint_dir / BEST_FILE,
-                )
-            rate = trained_steps * settings.batch_size / max(train_seconds, 1e-9)
-            if on_epoch is not None and context.is_main:
-                on_epoch(step // steps_per_epoch, {**metrics, "images_per_second": rate})
-            bar.set_postfix(
-                loss=f"{metrics['train_loss']:.4f}",
-                iou=f"{metrics.get('val_iou', metrics.get('val_miou', float('nan'))):.3f}",
-                img_s=f"{rate:.0f}",
-            )
-            _save(settings, context, model, optimizer, scheduler, step, history, 0.0, 0.0)
-    bar.close()
-    return FitResult(
-        step,
-        history,
-        resumed_from,
-        time.perf_counter() - started,
-        trained_steps * settings.batch_size / max(train_seconds, 1e-9),
-        best_epoch(history, settings.best_metric) if settings.best_metric else None,
+    total = settings.epochs * steps_per_epoch
+    scheduler = build_scheduler(optimizer, settings.warmup_epochs * steps_per_epoch, total)
+    settings.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    return _Loop(
+        task, settings, context, device, model, forward_model, optimizer, scheduler,
+        samples, steps_per_epoch, total,
+    )  # fmt: skip
+
+
+def _resume(loop: _Loop) -> None:
+    """Continue from the newest readable checkpoint, if any: weights, optimiser, schedule, RNG."""
+    checkpoint = latest_checkpoint(loop.settings.checkpoint_dir)
+    if checkpoint is None:
+        return
+    loop.model.load_state_dict(checkpoint["model"])
+    loop.optimizer.load_state_dict(checkpoint["optimizer"])
+    loop.scheduler.load_state_dict(checkpoint["scheduler"])
+    loop.step = loop.resumed_from = int(checkpoint["step"])
+    loop.history = list(checkpoint["history"])
+    torch.set_rng_state(checkpoint["torch_rng"])
+    if loop.context.is_main:
+        loop.partial = (checkpoint["epoch_loss_sum"], checkpoint["epoch_seen"])
+
+
+def _epoch_loader(loop: _Loop, train_set: Dataset[Any], epoch: int, offset: int) -> DataLoader[Any]:
+    """The epoch's batches from step ``offset`` on, in the (seed, epoch) order: this rank's."""
+    s, context = loop.settings, loop.context
+    if hasattr(train_set, "set_epoch"):
+        train_set.set_epoch(epoch)  # before the workers are forked: they carry it
+    return DataLoader(
+        train_set,
+        batch_size=loop.per_rank,
+        drop_last=True,
+        sampler=EpochOrder(loop.samples, s.seed, epoch, s.batch_size, offset, context),
+        num_workers=s.num_workers,
+        worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed((s.seed * 1_000_003 + epoch) * 1009 + context.rank),
+        pin_memory=loop.device.type == "cuda",
+        collate_fn=Collate.for_prefetch(PREFETCH_BATCHES),
+        prefetch_factor=PREFETCH_BATCHES if s.num_workers else None,
     )
 
 
-def _save(
-    settings: EngineSettings,
-    context: Distributed,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    step: int,
-    history: list[dict[str, float]],
-    epoch_loss_sum: float,
-    epoch_seen: float,
+def _train_step(loop: _Loop, batch: Any, autocast: torch.autocast) -> Tensor:
+    """One optimiser step on one batch; the loss, still on the device."""
+    batch = to_device(batch, loop.device)
+    generator = step_generator(loop.settings.seed, loop.step, loop.device, loop.context.rank)
+    with autocast:
+        loss = loop.task.training_loss(loop.forward_model, batch, generator)
+    loop.optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # type: ignore[no-untyped-call]
+    nn.utils.clip_grad_norm_(loop.model.parameters(), loop.settings.grad_clip)
+    loop.optimizer.step()
+    loop.scheduler.step()
+    return loss.detach()
+
+
+def _train_epoch(
+    loop: _Loop, train_set: Dataset[Any], epoch: int, offset: int
+) -> tuple[Tensor, int]:
+    """The rest of ``epoch`` from step ``offset``, with mid-epoch checkpoints; the running loss
+    (a device tensor: no host sync per step) and the batches it sums."""
+    loader = _epoch_loader(loop, train_set, epoch, offset)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=loop.device.type == "cuda")
+    loop.model.train()
+    loss_sum = torch.full((), loop.partial[0], device=loop.device)
+    seen, loop.partial = loop.partial[1], (0.0, 0)
+    tick, tick_step = time.perf_counter(), loop.step
+    for batch in loader:
+        loss_sum += _train_step(loop, batch, autocast)
+        seen += 1
+        loop.step += 1
+        loop.bar.update(1)
+        failpoint("train.step")
+        if loop.step % READOUT_EVERY == 0:
+            rate = (loop.step - tick_step) * loop.settings.batch_size / (time.perf_counter() - tick)
+            loop.bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", img_s=f"{rate:.0f}")
+        if loop.step % loop.settings.checkpoint_every == 0 and loop.step % loop.steps_per_epoch:
+            _save(loop, *_reduce_running_loss(loop, loss_sum, seen).tolist())
+    if loop.device.type == "cuda":
+        torch.cuda.synchronize(loop.device)
+    loop.trained_steps += loop.step - tick_step
+    loop.train_seconds += time.perf_counter() - tick
+    return loss_sum, seen
+
+
+def _reduce_running_loss(loop: _Loop, loss_sum: Tensor, seen: int) -> Tensor:
+    """(loss sum, batches) over all ranks."""
+    running = torch.stack([loss_sum, torch.tensor(float(seen), device=loop.device)])
+    return distributed.all_reduce_sum(running, loop.context)
+
+
+def _end_epoch(
+    loop: _Loop,
+    val_set: Dataset[Any],
+    epoch: int,
+    loss_sum: Tensor,
+    seen: int,
+    on_epoch: Callable[[int, dict[str, float]], None] | None,
 ) -> None:
+    """Validate, keep the best weights, report the epoch and checkpoint it."""
+    distributed.broadcast_buffers(loop.model, loop.context)
+    totals = _reduce_running_loss(loop, loss_sum, seen)
+    eval_batch = loop.settings.eval_batch_size or loop.per_rank
+    validation = evaluate(loop.task, loop.model, val_set, loop.device, eval_batch, loop.context)
+    metrics = {
+        "epoch": float(epoch + 1),
+        "train_loss": (totals[0] / totals[1].clamp(min=1)).item(),
+        **validation,
+    }
+    loop.history.append(metrics)  # deterministic figures only: a resumed run must match
+    _keep_best(loop, epoch, metrics)
+    if on_epoch is not None and loop.context.is_main:
+        on_epoch(epoch + 1, {**metrics, "images_per_second": loop.images_per_second})
+    shown = {name: f"{value:.3f}" for name, value in validation.items() if name in loop.task.shown}
+    loop.bar.set_postfix(
+        loss=f"{metrics['train_loss']:.4f}", **shown, img_s=f"{loop.images_per_second:.0f}"
+    )
+    _save(loop, 0.0, 0.0)
+
+
+def _keep_best(loop: _Loop, epoch: int, metrics: Mapping[str, float]) -> None:
+    """``best.pt``: the weights of the best epoch so far by ``settings.best_metric``."""
+    best = loop.settings.best_metric
+    if best is None or not loop.context.is_main or best_epoch(loop.history, best) != epoch + 1:
+        return
+    _atomic_save(
+        {
+            "model": loop.model.state_dict(),
+            "epoch": epoch + 1,
+            "metric": best,
+            "value": metrics[best],
+        },
+        loop.settings.checkpoint_dir / BEST_FILE,
+    )
+
+
+def _save(loop: _Loop, epoch_loss_sum: float, epoch_seen: float) -> None:
+    """A checkpoint of the step (the main rank writes it); the oldest beyond the kept ones go."""
+    settings, context = loop.settings, loop.context
     if context.is_main:
         _atomic_save(
             {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "step": step,
-                "history": history,
+                "model": loop.model.state_dict(),
+                "optimizer": loop.optimizer.state_dict(),
+                "scheduler": loop.scheduler.state_dict(),
+                "step": loop.step,
+                "history": loop.history,
                 "torch_rng": torch.get_rng_state(),
                 "epoch_loss_sum": epoch_loss_sum,
                 "epoch_seen": int(epoch_seen),
                 "world_size": context.world_size,
             },
-            settings.checkpoint_dir / f"step-{step:08d}.pt",
+            settings.checkpoint_dir / f"step-{loop.step:08d}.pt",
         )
         for old in _checkpoints(settings.checkpoint_dir)[: -settings.keep_checkpoints]:
             old.unlink(missing_ok=True)

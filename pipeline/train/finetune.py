@@ -140,6 +140,8 @@ def sliding_window_logits(
 class SegmentationTask:
     """Cross-entropy with the dataset's ignore index; mIoU over its evaluated classes."""
 
+    shown: tuple[str, ...] = ("val_miou",)  # on the progress bar
+
     def __init__(
         self,
         model: nn.Module,

@@ -85,6 +85,8 @@ def color_jitter(images: Tensor, strength: float, generator: torch.Generator) ->
 
 
 class OverlapTask:
+    shown: tuple[str, ...] = ("val_iou",)  # on the progress bar
+
     def __init__(
         self,
         model: nn.Module,
