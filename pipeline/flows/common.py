@@ -10,8 +10,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,59 @@ def write_curve(path: Path, history: list[dict[str, float]]) -> None:
         writer.writeheader()
         for row in history:
             writer.writerow({**row, "epoch": int(row["epoch"])})
+
+
+def checkpoint_root(root: Path) -> Path:
+    """Where every training stage's checkpoint folders live (never a DVC output)."""
+    return root / ".sop" / "checkpoints"
+
+
+@dataclass(frozen=True)
+class TrainingStage:
+    """Where one training stage's run goes: its MLflow run, checkpoints, outputs and curve."""
+
+    stage: str  # pretrain or finetune
+    run_name: str
+    section: dict[str, Any]  # the params the stage reads, as DVC declares them
+    index_sha256: str
+    checkpoints: Path
+    out: Path
+    curve: Path
+
+
+def run_training_stage(
+    stage: TrainingStage,
+    params: Params,
+    root: Path,
+    processes: int,
+    job_for: Callable[[Path, str, str], Any],
+    outputs: Callable[[dict[str, Any]], tuple[dict[str, Any], list[Path]]],
+) -> dict[str, Any]:
+    """The skeleton both training flows share: the folders, the tracked run, the resolved
+    params, the job (here, or as torchrun ranks), the curve, the run's facts, the checkpoints'
+    end. ``job_for(params_file, tracking_uri, run_id)`` builds the job; ``outputs(result)``
+    writes the stage's own files and returns its metrics and the files to log as artifacts."""
+    stage.checkpoints.mkdir(parents=True, exist_ok=True)
+    stage.out.mkdir(parents=True, exist_ok=True)
+    with tracked_run(
+        stage.stage, params, root, stage.run_name, stage.section, stage.index_sha256
+    ) as run:
+        import mlflow
+
+        params_file = stage.checkpoints / "params.resolved.yaml"
+        params_file.write_text(params_to_yaml(params))
+        job = job_for(params_file, mlflow.get_tracking_uri(), run.info.run_id)
+        result = run_job(job, processes, stage.checkpoints)
+        metrics, artifacts = outputs(result)
+        write_curve(stage.curve, result["history"])
+        mlflow.log_metrics(
+            {f"final.{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        )
+        log_run_facts(result)
+        for artifact in [*artifacts, stage.curve]:
+            mlflow.log_artifact(str(artifact))
+    finish_checkpoints(stage.checkpoints, keep=params.compute.keep_checkpoints)
+    return metrics
 
 
 def finish_checkpoints(folder: Path, keep: bool) -> None:

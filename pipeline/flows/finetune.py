@@ -33,17 +33,16 @@ import torch
 from prefect import flow
 
 from pipeline import tracking
-from pipeline.config import Params, base_init, params_to_yaml, sop_variant, split_model
+from pipeline.config import Params, base_init, sop_variant, split_model
 from pipeline.data import store as tile_store
 from pipeline.data.download import file_digest
 from pipeline.errors import DataError, ParamsError
 from pipeline.flows.common import (
-    finish_checkpoints,
-    log_run_facts,
+    TrainingStage,
+    checkpoint_root,
     portable_path,
-    run_job,
+    run_training_stage,
     tracked_run,
-    write_curve,
     write_json,
 )
 from pipeline.flows.data import tiles_dir
@@ -271,6 +270,24 @@ def finetune_fingerprint(params: Params, cell: Cell, index_sha256: str, weights_
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def finetune_metrics(cell: Cell, threshold: float, result: dict[str, Any]) -> dict[str, Any]:
+    """The cell's DVC metrics: its best epoch's validation figures and its convergence."""
+    history = result["history"]
+    best = next(row for row in history if int(row["epoch"]) == result["best_epoch"])
+    return {
+        **cell.identity(),
+        "best_val_miou": best["val_miou"],
+        "best_epoch": result["best_epoch"],
+        "convergence_epoch": result["convergence_epoch"],
+        "convergence_threshold": threshold,
+        "final_val_miou": history[-1]["val_miou"],
+        "epochs": int(history[-1]["epoch"]),
+        **{f"best_{k}": v for k, v in best.items() if k.startswith("val_iou_")},
+        "train_tiles": result["train_tiles"],
+        "val_tiles": result["val_tiles"],
+    }
+
+
 @flow(name="finetune", flow_run_name="finetune-{cell.dataset}-{cell.name}", log_prints=True)
 def finetune_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
     """Fine-tune the cell's backbone from its init on its fraction of the training labels."""
@@ -287,44 +304,22 @@ def finetune_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
     index_sha256 = tile_store.index_hash(tiles)
     weights_sha256 = file_digest(weights, "sha256")
     key = finetune_fingerprint(params, cell, index_sha256, weights_sha256)
-    checkpoints = root / ".sop" / "checkpoints" / f"finetune-{cell.dataset}-{cell.name}-{key}"
-    checkpoints.mkdir(parents=True, exist_ok=True)
     out = cell_dir(root, cell)
-    out.mkdir(parents=True, exist_ok=True)
-    section = finetune_section(params, cell)
     run_name = f"{cell.dataset}-{cell.name}"
-    with tracked_run("finetune", params, root, run_name, section, index_sha256) as run:
-        import mlflow
+    stage = TrainingStage(
+        "finetune", run_name, finetune_section(params, cell), index_sha256,
+        checkpoint_root(root) / f"finetune-{cell.dataset}-{cell.name}-{key}", out,
+        finetune_curve_path(root, cell),
+    )  # fmt: skip
 
-        (checkpoints / "params.resolved.yaml").write_text(params_to_yaml(params))
-        job = FinetuneJob(
-            params_file=checkpoints / "params.resolved.yaml",
-            backbone=cell.backbone,
-            init=cell.init,
-            fraction=float(cell.fraction),
-            seed=cell.seed,
-            init_weights=weights,
-            store_dir=tiles,
-            out_dir=out,
-            checkpoint_dir=checkpoints,
-            tracking_uri=mlflow.get_tracking_uri(),
-            run_id=run.info.run_id,
-        )
-        result = run_job(job, resolve_processes(params), checkpoints)
-        history = result["history"]
-        best = next(row for row in history if int(row["epoch"]) == result["best_epoch"])
-        metrics = {
-            **cell.identity(),
-            "best_val_miou": best["val_miou"],
-            "best_epoch": result["best_epoch"],
-            "convergence_epoch": result["convergence_epoch"],
-            "convergence_threshold": f.convergence_threshold,
-            "final_val_miou": history[-1]["val_miou"],
-            "epochs": int(history[-1]["epoch"]),
-            **{f"best_{k}": v for k, v in best.items() if k.startswith("val_iou_")},
-            "train_tiles": result["train_tiles"],
-            "val_tiles": result["val_tiles"],
-        }
+    def job_for(params_file: Path, tracking_uri: str, run_id: str) -> FinetuneJob:
+        return FinetuneJob(
+            params_file, cell.backbone, cell.init, float(cell.fraction), cell.seed, weights,
+            tiles, out, stage.checkpoints, tracking_uri, run_id,
+        )  # fmt: skip
+
+    def outputs(result: dict[str, Any]) -> tuple[dict[str, Any], list[Path]]:
+        metrics = finetune_metrics(cell, f.convergence_threshold, result)
         best_sha256 = file_digest(out / BEST_WEIGHTS_FILE, "sha256")
         run_record = {
             "cell": cell.name,
@@ -337,19 +332,15 @@ def finetune_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
             "steps": result["steps"],
             "metrics": metrics,
         }
+        import mlflow
+
         # The evaluate stage finds this run by the weights it evaluates.
         mlflow.set_tag(tracking.WEIGHTS_TAG, best_sha256)
         write_json(out / RUN_FILE, run_record)
         write_json(finetune_metrics_path(root, cell), metrics)
-        curve = finetune_curve_path(root, cell)
-        write_curve(curve, history)
-        mlflow.log_metrics(
-            {f"final.{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        )
-        log_run_facts(result)
-        mlflow.log_artifact(str(out / RUN_FILE))
-        mlflow.log_artifact(str(curve))
-    finish_checkpoints(checkpoints, keep=params.compute.keep_checkpoints)
+        return metrics, [out / RUN_FILE]
+
+    metrics = run_training_stage(stage, params, root, resolve_processes(params), job_for, outputs)
     converged = metrics["convergence_epoch"]
     print(
         f"{run_name}: best val mIoU {metrics['best_val_miou']:.3f} "

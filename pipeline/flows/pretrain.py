@@ -25,16 +25,14 @@ from typing import Any
 
 from prefect import flow
 
-from pipeline.config import Params, params_to_yaml, pretext_variant
+from pipeline.config import Params, pretext_variant
 from pipeline.data import store
 from pipeline.data.download import file_digest
 from pipeline.errors import DataError
 from pipeline.flows.common import (
-    finish_checkpoints,
-    log_run_facts,
-    run_job,
-    tracked_run,
-    write_curve,
+    TrainingStage,
+    checkpoint_root,
+    run_training_stage,
     write_json,
 )
 from pipeline.flows.data import tiles_dir
@@ -61,10 +59,6 @@ def metrics_path(root: Path, name: str) -> Path:
 
 def curve_path(root: Path, name: str) -> Path:
     return root / "plots" / "pretrain" / f"{name}.csv"
-
-
-def checkpoint_root(root: Path) -> Path:
-    return root / ".sop" / "checkpoints"
 
 
 def section_for(params: Params, backbone: str) -> dict[str, Any]:
@@ -121,26 +115,18 @@ def pretrain_flow(
         raise DataError(f"{tiles}: no tile store; run the tile stage for {dataset} first")
     index_sha256 = store.index_hash(tiles)
     key = fingerprint(params, backbone, index_sha256)
-    checkpoints = checkpoint_root(root) / f"pretrain-{name}-{key}"
-    checkpoints.mkdir(parents=True, exist_ok=True)
     out = model_dir(root, name)
-    out.mkdir(parents=True, exist_ok=True)
-    with tracked_run(
-        "pretrain", params, root, name, section_for(params, backbone), index_sha256
-    ) as run:
-        import mlflow
+    stage = TrainingStage(
+        "pretrain", name, section_for(params, backbone), index_sha256,
+        checkpoint_root(root) / f"pretrain-{name}-{key}", out, curve_path(root, name),
+    )  # fmt: skip
 
-        (checkpoints / "params.resolved.yaml").write_text(params_to_yaml(params))
-        job = PretrainJob(
-            params_file=checkpoints / "params.resolved.yaml",
-            backbone=backbone,
-            store_dir=tiles,
-            out_dir=out,
-            checkpoint_dir=checkpoints,
-            tracking_uri=mlflow.get_tracking_uri(),
-            run_id=run.info.run_id,
+    def job_for(params_file: Path, tracking_uri: str, run_id: str) -> PretrainJob:
+        return PretrainJob(
+            params_file, backbone, tiles, out, stage.checkpoints, tracking_uri, run_id
         )
-        result = run_job(job, resolve_processes(params), checkpoints)
+
+    def outputs(result: dict[str, Any]) -> tuple[dict[str, Any], list[Path]]:
         final = result["history"][-1]
         provenance = {
             "backbone": backbone,
@@ -160,14 +146,11 @@ def pretrain_flow(
             "epochs": int(final["epoch"]),
         }
         write_json(metrics_path(root, name), metrics)
-        write_curve(curve_path(root, name), result["history"])
-        mlflow.log_metrics({f"final.{k}": float(v) for k, v in metrics.items()})
-        log_run_facts(result)
-        mlflow.log_artifact(str(out / PROVENANCE_FILE))
-        mlflow.log_artifact(str(curve_path(root, name)))
-    finish_checkpoints(checkpoints, keep=params.compute.keep_checkpoints)
+        return metrics, [out / PROVENANCE_FILE]
+
+    metrics = run_training_stage(stage, params, root, resolve_processes(params), job_for, outputs)
     print(
-        f"{name}: val IoU {final['val_iou']:.3f}, box IoU {final['val_box_iou']:.3f}, "
-        f"centred-box baseline {final['baseline_iou']:.3f} -> {out / ENCODER_FILE}"
+        f"{name}: val IoU {metrics['val_iou']:.3f}, box IoU {metrics['val_box_iou']:.3f}, "
+        f"centred-box baseline {metrics['baseline_iou']:.3f} -> {out / ENCODER_FILE}"
     )
     return metrics
