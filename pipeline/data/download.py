@@ -150,19 +150,37 @@ def download(
     ``verifier`` replaces the md5 check (pass ``expected_md5=None``): it raises
     :class:`ChecksumError` for a file that is not the expected one (weights pin a SHA-256 prefix).
     """
-    if target.exists():
-        if verifier is not None:
-            try:
-                verifier(target, f"cached at {target}")
-                return target
-            except ChecksumError:
-                pass
-        elif expected_md5 is None or md5_of(target) == expected_md5:
-            return target
-        # A stale file from an earlier source: set it aside, never use it.
-        target.replace(target.with_name(target.name + ".bad"))
+    if _cached(target, expected_md5, verifier):
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
+    _fetch(url, part, target.name, timeout_s, param_name, progress)
+    _verify_part(part, target, url, expected_md5, param_name, verifier)
+    os.replace(part, target)
+    return target
+
+
+def _cached(target: Path, expected_md5: str | None, verifier: Verifier | None) -> bool:
+    """Whether ``target`` already holds the expected file; a stale one is set aside as .bad."""
+    if not target.exists():
+        return False
+    if verifier is not None:
+        try:
+            verifier(target, f"cached at {target}")
+            return True
+        except ChecksumError:
+            pass
+    elif expected_md5 is None or md5_of(target) == expected_md5:
+        return True
+    # A stale file from an earlier source: set it aside, never use it.
+    target.replace(target.with_name(target.name + ".bad"))
+    return False
+
+
+def _fetch(
+    url: str, part: Path, label: str, timeout_s: float, param_name: str, progress: bool
+) -> None:
+    """Append the rest of ``url`` to ``part`` (an HTTP Range request when part holds some)."""
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "sop-pipeline"})
     if have:
@@ -171,46 +189,48 @@ def download(
         response = urllib.request.urlopen(request, timeout=timeout_s)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:
-            # The part file already holds everything: verify it below.
-            response = None
-        else:
-            raise _http_error(url, exc, param_name) from None
+            return  # the part file already holds everything: it is verified next
+        raise _http_error(url, exc, param_name) from None
     except (urllib.error.URLError, OSError) as exc:
         raise _http_error(url, exc, param_name) from None
-    if response is not None:
-        with response:
-            resumed = have and response.status == 206
-            if not resumed:
-                have = 0
-            length = response.headers.get("Content-Length")
-            total = have + int(length) if length is not None else None
-            try:
-                with (
-                    open(part, "ab" if resumed else "wb") as out,
-                    tqdm(
-                        total=total,
-                        initial=have,
-                        unit="B",
-                        unit_scale=True,
-                        desc=target.name,
-                        disable=not progress,
-                    ) as bar,
-                ):
-                    for chunk in iter(lambda: response.read(CHUNK), b""):
-                        out.write(chunk)
-                        bar.update(len(chunk))
-                    out.flush()
-                    os.fsync(out.fileno())
-            except (OSError, urllib.error.URLError) as exc:
-                raise TransientDownloadError(
-                    f"{url}: connection lost after {part.stat().st_size} bytes ({exc}); "
-                    "the partial file is kept and resumed on retry"
-                ) from None
-            if total is not None and part.stat().st_size < total:
-                raise TransientDownloadError(
-                    f"{url}: connection closed at {part.stat().st_size} of {total} bytes; "
-                    "resumed on retry"
-                )
+    with response:
+        resumed = bool(have) and response.status == 206
+        have = have if resumed else 0
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length is not None else None
+        try:
+            with (
+                open(part, "ab" if resumed else "wb") as out,
+                tqdm(
+                    total=total, initial=have, unit="B", unit_scale=True, desc=label,
+                    disable=not progress,
+                ) as bar,
+            ):  # fmt: skip
+                for chunk in iter(lambda: response.read(CHUNK), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+                out.flush()
+                os.fsync(out.fileno())
+        except (OSError, urllib.error.URLError) as exc:
+            raise TransientDownloadError(
+                f"{url}: connection lost after {part.stat().st_size} bytes ({exc}); "
+                "the partial file is kept and resumed on retry"
+            ) from None
+    if total is not None and part.stat().st_size < total:
+        raise TransientDownloadError(
+            f"{url}: connection closed at {part.stat().st_size} of {total} bytes; resumed on retry"
+        )
+
+
+def _verify_part(
+    part: Path,
+    target: Path,
+    url: str,
+    expected_md5: str | None,
+    param_name: str,
+    verifier: Verifier | None,
+) -> None:
+    """Check the downloaded bytes; a wrong file is set aside as .bad, never used."""
     try:
         if verifier is not None:
             verifier(part, f"downloaded from {url}; set {param_name}")
@@ -223,8 +243,6 @@ def download(
             raise
         # The message names the .part file, which is gone: say where the bytes lie now.
         raise ChecksumError(f"{exc}; set aside as {bad}, never used") from None
-    os.replace(part, target)
-    return target
 
 
 def archive_stamp(archive: Path) -> str:
