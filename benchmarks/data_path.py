@@ -183,7 +183,7 @@ def measure_all(
     work = work or Path(tempfile.mkdtemp(prefix="sop-bench-data-"))
     apply_env_defaults(work)
     from pipeline.data.store import TileStore
-    from pipeline.data.synthetic import synthetic_tile_store
+    from pipeline.synthetic import synthetic_tile_store
     from pipeline.train.finetune import SegmentationTiles, training_augmentation
     from pipeline.train.pretrain import StoreTiles
     from pipeline.train.sop import sample_overlap

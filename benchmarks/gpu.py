@@ -593,7 +593,7 @@ def measure_all(options: Options) -> dict[str, Any]:
     tiles, tile_size = 0, 0
     if any(case.kind == "pretrain" for case in cases):
         from pipeline.data.store import TileStore
-        from pipeline.data.synthetic import painted_tile_store
+        from pipeline.synthetic import painted_tile_store
 
         tick = time.perf_counter()
         store_dir = work / "tiles"

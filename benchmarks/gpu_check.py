@@ -569,8 +569,8 @@ def merged_throughput(results: list[dict[str, Any]], smoke: bool) -> dict[str, A
 
 
 def run_check(scale: Scale, work: Path, budget_s: float, command: str) -> dict[str, Any]:
-    from pipeline.data.synthetic import painted_tile_store
     from pipeline.env import apply_env_defaults
+    from pipeline.synthetic import painted_tile_store
 
     apply_env_defaults(work)
     import pipeline.models  # noqa: F401  (torchvision beside a CPU torch, before timm)

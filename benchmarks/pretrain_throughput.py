@@ -45,7 +45,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="sop-bench-"))
     apply_env_defaults(work)
     from pipeline.data.store import TileStore
-    from pipeline.data.synthetic import synthetic_tile_store
+    from pipeline.synthetic import synthetic_tile_store
     from pipeline.train.pretrain import PretrainJob, run_pretrain
 
     started = time.perf_counter()

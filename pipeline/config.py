@@ -618,7 +618,7 @@ def _is_variant(init: str) -> bool:
 
 
 class SyntheticParams(_Section):
-    """The demo's stand-in for the LandCover.ai archive (pipeline/data/synthetic.py)."""
+    """The demo's stand-in for the LandCover.ai archive (pipeline/synthetic/)."""
 
     scenes: PositiveInt = 6
     height: Annotated[int, Field(ge=512)] = 1600

@@ -21,7 +21,7 @@ for leaked in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "SOP_PARENT_RUN_ID", "D
 
 import pytest  # noqa: E402
 
-from pipeline.data.synthetic import (  # noqa: E402
+from pipeline.synthetic import (  # noqa: E402
     SyntheticArchive,
     synthetic_tile_store,
     write_landcoverai_archive,

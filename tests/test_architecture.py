@@ -1,7 +1,8 @@
 """The package's shape: no import cycle in pipeline/, lazy imports inside functions included.
 
 Imports under ``if TYPE_CHECKING:`` run only for the type checker and are left out; importing
-``a.b.c`` also runs the packages ``a.b`` and ``a``, which count as imported.
+``a.b.c`` also runs the packages ``a.b`` and ``a``, which count as imported (except by modules
+inside them).
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def import_graph() -> dict[str, set[str]]:
         for node in runtime_imports(ast.parse(path.read_text())):
             for target in imported_names(node, package):
                 while target:  # the module and every package above it run
-                    if target in modules and target != name:
+                    # ... except this module's own packages: Python runs them before it, and a
+                    # package's __init__ re-exporting its modules is no cycle.
+                    if target in modules and not f"{name}.".startswith(f"{target}."):
                         edges.add(target)
                     target = target.rpartition(".")[0]
         graph[name] = edges

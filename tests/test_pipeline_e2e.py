@@ -17,8 +17,8 @@ import yaml
 
 from pipeline.config import params_from_mapping
 from pipeline.data.store import TileStore
-from pipeline.data.synthetic import SyntheticArchive
 from pipeline.flows import download_flow, tile_flow
+from pipeline.synthetic import SyntheticArchive
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

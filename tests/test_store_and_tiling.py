@@ -12,9 +12,9 @@ from rasterio.transform import from_origin
 from pipeline.data import store, tiling
 from pipeline.data.catalog import LANDCOVERAI, landcoverai_records
 from pipeline.data.store import StoreMeta, TileStore
-from pipeline.data.synthetic import SyntheticArchive
 from pipeline.data.tiling import SceneRecord
 from pipeline.errors import DataError
+from pipeline.synthetic import SyntheticArchive
 
 META = StoreMeta(
     dataset="landcoverai",

@@ -11,14 +11,14 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from pipeline.data.synthetic import (
+from pipeline.data.tiling import official_tile_grid
+from pipeline.synthetic import (
     LANDCOVERAI_CLASS_NAMES,
     SPLIT_NAMES,
     SyntheticArchive,
     synth_scene,
     write_landcoverai_archive,
 )
-from pipeline.data.tiling import official_tile_grid
 
 # Small enough to be quick, big enough (>= 2 x 512 after the -15 % size jitter) that every
 # scene has several full tiles and every split gets some.
@@ -352,7 +352,7 @@ def test_buildings_are_compact_blobs_near_roads(scene: tuple[np.ndarray, np.ndar
 def test_a_painted_store_holds_the_tiles_the_archive_path_cuts(tmp_path: Path) -> None:
     """Without GeoTIFFs or GDAL, the same tiles, masks, ids and splits as archive -> tiling."""
     from pipeline.data.store import TileStore
-    from pipeline.data.synthetic import painted_tile_store, synthetic_tile_store
+    from pipeline.synthetic import painted_tile_store, synthetic_tile_store
 
     sizes = {"n_scenes": 2, "height": 1100, "width": 1200, "seed": 5}
     cut = TileStore(synthetic_tile_store(tmp_path / "cut", **sizes))

@@ -333,7 +333,7 @@ def md5_file_of(archive: Path) -> Path:
 @flow(name="synthesize", flow_run_name="synthesize-{out.name}", log_prints=True)
 def synth_flow(out: Path, params: Params, root: Path) -> Path:
     """Write the demo's synthetic LandCover.ai-style archive, and its md5 in ``<archive>.md5``."""
-    from pipeline.data.synthetic import write_archive_from_params
+    from pipeline.synthetic import write_archive_from_params
 
     spec = params.synthetic
     tile_size = params.data.tiling_for("landcoverai").tile_size

@@ -35,7 +35,7 @@ import yaml
 from PIL import Image
 from rasterio.transform import Affine
 
-from pipeline.data.synthetic import write_landcoverai_archive
+from pipeline.synthetic import write_landcoverai_archive
 from tests import archives
 from tests.reliability.conftest import assert_intact, one_line_error, run_stage, snapshot
 

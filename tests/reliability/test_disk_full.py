@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.data.store import IMAGES_FILE, MASKS_FILE, index_hash
-from pipeline.data.synthetic import SyntheticArchive
+from pipeline.synthetic import SyntheticArchive
 from tests.reliability.conftest import (
     REPO,
     assert_intact,
