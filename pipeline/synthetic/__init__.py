@@ -3,8 +3,9 @@
 The real archive cannot be downloaded here, so the demo and the tests use rural scenes drawn
 by this package: strip fields, woodland, water, roads and farmsteads at 0.25 m per pixel, with
 a class mask that matches the image pixel for pixel. ``drawing`` holds the primitives,
-``scene`` paints one scene, ``archive`` writes scenes in the LandCover.ai v1 archive layout (or
-straight into a tile store). It lives apart from ``pipeline.data``, which reads real datasets.
+``fields`` the farmland, ``scene`` paints one scene, ``archive`` writes scenes in the
+LandCover.ai v1 archive layout (or straight into a tile store). It lives apart from
+``pipeline.data``, which reads real datasets.
 """
 
 from pipeline.synthetic.archive import (

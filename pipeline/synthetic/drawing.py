@@ -193,3 +193,9 @@ def _polylines(
             cv2.polylines(
                 layer, [np.round(pts).astype(np.int32)], False, value, thickness, cv2.LINE_8
             )
+
+
+def _bands(h: int) -> list[tuple[int, int]]:
+    """Row bands for per-pixel work: small temporaries stay in the allocator's reused memory
+    instead of faulting in fresh pages for every full-scene intermediate."""
+    return [(y0, min(y0 + _BAND, h)) for y0 in range(0, h, _BAND)]

@@ -4,6 +4,7 @@ class mask, pixel for pixel."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -12,12 +13,9 @@ import numpy.typing as npt
 
 from pipeline.synthetic.drawing import (
     _ASPHALT,
-    _BALK,
-    _BAND,
     _CONIFER,
     _DECIDUOUS,
     _DIRT,
-    _FIELD_TYPES,
     _GRAVEL,
     _ROOF_BARN,
     _ROOF_HOUSE,
@@ -31,6 +29,7 @@ from pipeline.synthetic.drawing import (
     ByteImage,
     FloatImage,
     Points,
+    _bands,
     _clip_polyline,
     _f32,
     _fbm,
@@ -41,147 +40,11 @@ from pipeline.synthetic.drawing import (
     _random_walk,
     _straight,
 )
+from pipeline.synthetic.fields import _Fields, _fields
 
 # --------------------------------------------------------------------------------------------
 # Layers
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Fields:
-    image: FloatImage
-    wood_parcel: BoolImage
-    region_theta: list[float]
-    region_map: npt.NDArray[np.int32] | None
-    cuts: list[tuple[tuple[float, float], float]]
-
-
-def _bands(h: int) -> list[tuple[int, int]]:
-    """Row bands for per-pixel work: small temporaries stay in the allocator's reused memory
-    instead of faulting in fresh pages for every full-scene intermediate."""
-    return [(y0, min(y0 + _BAND, h)) for y0 in range(0, h, _BAND)]
-
-
-def _fields(h: int, w: int, rng: np.random.Generator) -> _Fields:
-    """Patchwork of strip fields, each with its own crop colour and machinery stripes."""
-    diag = math.hypot(h, w)
-    xs = np.arange(w, dtype=np.float32)[None, :]
-
-    # Straight cuts split the scene into field systems of different orientation, as roads do
-    # in real land consolidation; each cut carries a road later.
-    n_cuts = int(rng.integers(0, 2)) + int(math.sqrt(h * w) // 3000)
-    cuts: list[tuple[tuple[float, float], float]] = []
-    for _ in range(n_cuts):
-        p = (float(rng.uniform(0.2, 0.8) * w), float(rng.uniform(0.2, 0.8) * h))
-        cuts.append((p, float(rng.uniform(0, math.pi))))
-    n_regions = 2**n_cuts
-    region_theta = [float(rng.uniform(0, math.pi)) for _ in range(n_regions)]
-    cos_t = np.cos(region_theta).astype(np.float32)
-    sin_t = np.sin(region_theta).astype(np.float32)
-
-    # Strips: narrow in u, long in v. Every region has its own strip table over the whole
-    # range of u and v (|u|, |v| <= diag), so one lookup table serves all regions.
-    lut_len = int(2 * diag) + 2
-    min_len, max_len = 300.0, 2200.0
-    k_max = int((2 * diag + max_len) / min_len) + 2
-    luts: list[npt.NDArray[np.int32]] = []
-    offsets: list[npt.NDArray[np.float64]] = []
-    lengths: list[npt.NDArray[np.float64]] = []
-    n_strips = 0
-    for _ in range(n_regions):
-        p_narrow = rng.uniform(0.15, 0.9)
-        n_guess = int((2 * diag + 480) / 30) + 2  # enough strips to cover u
-        narrow = rng.random(n_guess) < p_narrow
-        widths = np.where(narrow, rng.uniform(30, 110, n_guess), rng.uniform(110, 480, n_guess))
-        edges = np.concatenate([[0.0], np.cumsum(widths)]) - rng.uniform(0, 480)
-        lut = np.searchsorted(edges, np.arange(lut_len), side="right").astype(np.int32) - 1
-        used = int(lut.max()) + 1
-        luts.append(lut + np.int32(n_strips))
-        lengths.append(
-            np.where(
-                narrow[:used], rng.uniform(700, max_len, used), rng.uniform(min_len, 1500, used)
-            )
-        )
-        offsets.append(rng.uniform(0, max_len, used))
-        n_strips += used
-    lut_all = np.concatenate(luts)
-    strip_len = np.concatenate(lengths).astype(np.float32)
-    strip_off = np.concatenate(offsets).astype(np.float32)
-    n_parcels = n_strips * k_max
-
-    # Per-parcel attributes, gathered per pixel through the parcel id.
-    weights = np.array([t[3] for t in _FIELD_TYPES])
-    ftype = rng.choice(len(_FIELD_TYPES), size=n_parcels, p=weights / weights.sum())
-    base = np.array([t[0] for t in _FIELD_TYPES], np.float32)[ftype]
-    base *= rng.normal(1.0, 0.06, (n_parcels, 1)).astype(np.float32)
-    base += rng.normal(0.0, 4.0, (n_parcels, 3)).astype(np.float32)
-    amp = np.array([t[1] for t in _FIELD_TYPES], np.float32)[ftype]
-    tram = np.array([t[2] for t in _FIELD_TYPES])[ftype] & (rng.random(n_parcels) < 0.8)
-    tram_period = np.where(tram, rng.uniform(48, 96, n_parcels), 1e9).astype(np.float32)
-    # Machinery works along the long side mostly, sometimes across or diagonally.
-    row_ang = rng.choice([0.0, math.pi / 2, math.pi / 4], size=n_parcels, p=[0.7, 0.2, 0.1])
-    row_ang = row_ang + rng.normal(0, 0.02, n_parcels)
-    row_c, row_s = np.cos(row_ang).astype(np.float32), np.sin(row_ang).astype(np.float32)
-    freq = (2 * math.pi / rng.uniform(3.5, 9.0, n_parcels)).astype(np.float32)
-    phase = rng.uniform(0, 2 * math.pi, n_parcels).astype(np.float32)
-    # Patchiness (soil moisture, thin crop) varies per parcel and stops at its boundary;
-    # one scene-wide field would read as cloud shadows.
-    patch_amp = rng.uniform(0.0, 0.08, n_parcels).astype(np.float32)
-    wood_flag = rng.random(n_parcels) < 0.04
-
-    patches = _fbm(h, w, 70.0, rng, 3)
-    grain = _noise(h, w, 2.0, rng)
-    image = np.empty((h, w, 3), np.float32)
-    parcel = np.empty((h, w), np.int32)
-    region_map = np.zeros((h, w), np.int32) if cuts else None
-    for y0, y1 in _bands(h):
-        ys = np.arange(y0, y1, dtype=np.float32)[:, None]
-        if region_map is None:
-            u = xs * cos_t[0] + ys * sin_t[0]
-            v = ys * cos_t[0] - xs * sin_t[0]
-            lut_idx = (u + np.float32(diag)).astype(np.int32)
-        else:
-            band_regions = region_map[y0:y1]
-            for i, ((px, py), ang) in enumerate(cuts):
-                side = (ys - np.float32(py)) * np.float32(math.cos(ang))
-                side = side - (xs - np.float32(px)) * np.float32(math.sin(ang))
-                band_regions |= (side > 0).astype(np.int32) << i
-            cr, sr = cos_t[band_regions], sin_t[band_regions]
-            u = xs * cr + ys * sr
-            v = ys * cr - xs * sr
-            lut_idx = (u + np.float32(diag)).astype(np.int32) + band_regions * np.int32(lut_len)
-        strip = lut_all[lut_idx]
-        seg = ((v + np.float32(diag) + strip_off[strip]) / strip_len[strip]).astype(np.int32)
-        p = strip * np.int32(k_max) + seg
-        parcel[y0:y1] = p
-
-        coord = u * row_c[p] + v * row_s[p]
-        shade = np.sin(coord * freq[p] + phase[p])
-        shade *= amp[p]
-        shade += np.float32(1.0)
-        # Tramlines: the unsown wheel tracks of the sprayer, a few metres apart.
-        shade[np.mod(coord, tram_period[p]) < 2.5] *= np.float32(0.84)
-        shade += patch_amp[p] * patches[y0:y1]
-        shade += np.float32(0.035) * grain[y0:y1]
-        band = image[y0:y1]
-        np.take(base, p, axis=0, out=band)
-        band *= shade[..., None]
-    del patches, grain
-
-    # Balks: grassy strips a couple of pixels wide where parcels meet.
-    edge = np.zeros((h, w), np.uint8)
-    edge[:, 1:] |= (parcel[:, 1:] != parcel[:, :-1]).view(np.uint8)
-    edge[1:, :] |= (parcel[1:, :] != parcel[:-1, :]).view(np.uint8)
-    balk = np.asarray(cv2.dilate(edge, np.ones((2, 2), np.uint8)), np.uint8).view(bool)
-    tone = rng.normal(1.0, 0.05, (int(balk.sum()), 1)).astype(np.float32)
-    image[balk] = np.asarray(_BALK, np.float32) * tone
-    return _Fields(
-        image=image,
-        wood_parcel=wood_flag[parcel],
-        region_theta=region_theta,
-        region_map=region_map,
-        cuts=cuts,
-    )
 
 
 def _crown_height(h: int, w: int, rng: np.random.Generator) -> FloatImage:
@@ -368,25 +231,21 @@ def _rect(cx: float, cy: float, along: float, across: float, ang: float) -> Poin
     return np.stack([c - a - n, c + a - n, c + a + n, c - a + n])
 
 
-def _farmstead(
-    image: FloatImage,
-    mask: ByteImage,
-    centre: tuple[float, float],
-    ang: float,
-    outward: tuple[float, float],
-    sun: tuple[float, float],
-    shadow_len: float,
-    rng: np.random.Generator,
-) -> bool:
-    """House (plus maybe a barn) with its yard, roof shading and shadow; False if it won't fit."""
-    h, w = mask.shape
+# A building: its footprint, whether its roof is gabled, its roof palette.
+_Part = tuple[Points, bool, tuple[tuple[int, int, int], ...]]
+
+
+def _farm_plan(
+    centre: tuple[float, float], ang: float, outward: tuple[float, float], rng: np.random.Generator
+) -> tuple[list[_Part], Points]:
+    """A house (plus maybe a barn behind it) and the yard around them, facing the road."""
     ox, oy = outward
     house_along = float(rng.uniform(34, 62))
     house_across = float(rng.uniform(36, 58))
     cx, cy = centre[0] + ox * house_across / 2, centre[1] + oy * house_across / 2
     # Houses stand with their long side or their gable to the road.
     house_ang = ang + (math.pi / 2 if rng.random() < 0.35 else 0.0) + rng.normal(0, 0.05)
-    parts = [(_rect(cx, cy, house_along, house_across, house_ang), True, _ROOF_HOUSE)]
+    parts: list[_Part] = [(_rect(cx, cy, house_along, house_across, house_ang), True, _ROOF_HOUSE)]
     depth = house_across
     if rng.random() < 0.7:
         barn_along = float(rng.uniform(50, 130))
@@ -403,8 +262,22 @@ def _farmstead(
     yard_across = depth + float(rng.uniform(16, 40))
     ycx = centre[0] + ox * (yard_across / 2 - 4)
     ycy = centre[1] + oy * (yard_across / 2 - 4)
-    yard = _rect(ycx, ycy, yard_along, yard_across, ang)
+    return parts, _rect(ycx, ycy, yard_along, yard_across, ang)
 
+
+def _farmstead(
+    image: FloatImage,
+    mask: ByteImage,
+    centre: tuple[float, float],
+    ang: float,
+    outward: tuple[float, float],
+    sun: tuple[float, float],
+    shadow_len: float,
+    rng: np.random.Generator,
+) -> bool:
+    """House (plus maybe a barn) with its yard, roof shading and shadow; False if it won't fit."""
+    h, w = mask.shape
+    parts, yard = _farm_plan(centre, ang, outward, rng)
     allpts = np.concatenate([yard] + [p[0] for p in parts])
     pad = int(shadow_len) + 4
     x0 = max(int(allpts[:, 0].min()) - pad, 0)
@@ -436,20 +309,45 @@ def _farmstead(
     free_yard = yard_px & ~blocked
     i_win[free_yard] = _pick(_YARD, rng) * (1.0 + rng.normal(0, 0.03, (int(free_yard.sum()), 1)))
     m_win[free_yard] = BACKGROUND
+    _paint_shadows(
+        i_win, m_win, parts, footprint, off, (-sun[0] * shadow_len, -sun[1] * shadow_len)
+    )
+    _paint_roofs(i_win, m_win, parts, fill, off, sun, rng)
+    return True
 
-    sdx, sdy = -sun[0] * shadow_len, -sun[1] * shadow_len
+
+def _paint_shadows(
+    i_win: FloatImage,
+    m_win: ByteImage,
+    parts: list[_Part],
+    footprint: BoolImage,
+    off: npt.NDArray[np.int64],
+    cast: tuple[float, float],
+) -> None:
+    """Each building's shadow, cast by ``cast`` pixels, darkens what is not a building."""
     for poly, _, _ in parts:
         hull = cv2.convexHull(
-            np.round(np.concatenate([poly, poly + np.array([sdx, sdy])]) - off).astype(np.int32)
+            np.round(np.concatenate([poly, poly + np.array(cast)]) - off).astype(np.int32)
         )
-        layer = np.zeros(yard_px.shape, np.uint8)
+        layer = np.zeros(footprint.shape, np.uint8)
         cv2.fillPoly(layer, [hull], 1)
         shade = layer.view(bool) & ~footprint & (m_win != BUILDING)
         i_win[shade] *= np.float32(0.55)
 
-    # Roofs are painted through the same rasterised footprints that go into the mask, so
-    # every roof pixel is a building pixel and vice versa.
-    yy, xx = np.mgrid[0 : y1 - y0, 0 : x1 - x0].astype(np.float32)
+
+def _paint_roofs(
+    i_win: FloatImage,
+    m_win: ByteImage,
+    parts: list[_Part],
+    fill: Callable[[Points], BoolImage],
+    off: npt.NDArray[np.int64],
+    sun: tuple[float, float],
+    rng: np.random.Generator,
+) -> None:
+    """Roofs painted through the same rasterised footprints that go into the mask, so every
+    roof pixel is a building pixel and vice versa."""
+    h, w = m_win.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     for poly, gable, palette in parts:
         roof = _pick(palette, rng)
         px = fill(poly)
@@ -473,7 +371,6 @@ def _farmstead(
             i_win[px] = roof * np.float32(0.75)
             i_win[inner.view(bool)] = roof
         m_win[px] = BUILDING
-    return True
 
 
 def _place_buildings(
