@@ -6,6 +6,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import load_params
+from pipeline.data.download import file_digest
 from pipeline.flows.data import md5_file_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,8 +38,6 @@ def test_the_committed_demo_lock_records_the_code_as_it_is() -> None:
     """A code change that leaves demo/dvc.lock behind makes `make demo` rewrite it, and CI
     refuses a clone the README's commands changed: say so here, naming the files. Entries of
     stages demo/dvc.yaml no longer defines stay in a lock forever: none are committed."""
-    import hashlib
-
     from dvc.repo import Repo
 
     with Repo(str(REPO / "demo")) as repo:
@@ -53,7 +52,7 @@ def test_the_committed_demo_lock_records_the_code_as_it_is() -> None:
             path = (REPO / "demo" / dep["path"]).resolve()
             if path.is_relative_to(REPO / "demo") or not path.is_file():
                 continue  # the demo's data, not code
-            if hashlib.md5(path.read_bytes()).hexdigest() != dep["md5"]:
+            if file_digest(path, "md5") != dep["md5"]:
                 stale.setdefault(str(path.relative_to(REPO)), []).append(stage)
     changed = ", ".join(f"{path} (read by {len(stages)} stages)" for path, stages in stale.items())
     assert not stale, (
