@@ -85,7 +85,7 @@ class FileSegmentation(Dataset[tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
-        from pipeline.train.finetune import sample_seed
+        from pipeline.train.seeds import sample_seed
 
         with Image.open(self.images[index]) as image:
             pixels: npt.NDArray[np.uint8] = np.asarray(image.convert("RGB"))

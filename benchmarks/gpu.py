@@ -375,7 +375,7 @@ def store_loader(
     """The pretrain stage's data path: StoreTiles over every tile of the store, in a DataLoader
     with ``workers`` workers and pinned memory, the engine's collate and prefetch."""
     from pipeline.data.store import TileStore
-    from pipeline.train import engine
+    from pipeline.train import seeds
     from pipeline.train.pretrain import StoreTiles
 
     store = TileStore(store_dir)
@@ -396,7 +396,7 @@ def store_loader(
         num_workers=workers,
         pin_memory=device.type == "cuda",
         drop_last=True,
-        worker_init_fn=engine.seed_worker,
+        worker_init_fn=seeds.seed_worker,
         prefetch_factor=prefetch_batches() if workers else None,
         **extra,
     )

@@ -453,13 +453,14 @@ def grid_hours_item(check: Check, throughput: dict[str, Any] | None) -> str | No
 def cell_item(check: Check) -> None:
     """One grid cell through the training jobs the stages run (pretrain, starting weights,
     fine-tune, evaluate), on the device; the stages' Prefect, MLflow and DVC are not here."""
-    from pipeline.config import params_from_mapping, params_to_yaml
+    from pipeline import layout
+    from pipeline.config import params_from_mapping
     from pipeline.data.store import TileStore
     from pipeline.models.backbones import create_backbone
     from pipeline.models.inits import init_state, load_init
     from pipeline.models.weights import save_encoder
-    from pipeline.train.finetune import BEST_WEIGHTS_FILE, FinetuneJob, evaluate_weights
-    from pipeline.train.pretrain import ENCODER_FILE, PretrainJob
+    from pipeline.train.finetune import FinetuneJob, evaluate_weights
+    from pipeline.train.pretrain import PretrainJob
 
     s, work = check.scale, check.work / "cell"
 
@@ -477,16 +478,14 @@ def cell_item(check: Check) -> None:
             }
         )  # fmt: skip
         work.mkdir(parents=True, exist_ok=True)
-        params_file = work / "params.yaml"
-        params_file.write_text(params_to_yaml(params))
         pretrained = PretrainJob(
-            params_file, "resnet_demo", check.store, work / "pretrain", work / "pretrain-ck"
+            params, "resnet_demo", check.store, work / "pretrain", work / "pretrain-ck"
         ).run()
         state, source = init_state(
             "sop",
             "resnet_demo",
             weights_file=None,
-            sop_encoder=work / "pretrain" / ENCODER_FILE,
+            sop_encoder=work / "pretrain" / layout.ENCODER_FILE,
             cache_dir=work / "weights-cache",
             progress=False,
         )
@@ -495,13 +494,13 @@ def cell_item(check: Check) -> None:
         loaded = load_init(encoder, "resnet_demo", state, source)
         save_encoder(encoder, work / "init.safetensors")
         tuned = FinetuneJob(
-            params_file, "resnet_demo", "sop", 1.0, 0, work / "init.safetensors",
+            params, "resnet_demo", "sop", 1.0, 0, work / "init.safetensors",
             check.store, work / "finetune", work / "finetune-ck",
         ).run()  # fmt: skip
         store = TileStore(check.store)
         evaluation = evaluate_weights(
             store, store.rows("test"), "resnet_demo", "sop",
-            work / "finetune" / BEST_WEIGHTS_FILE, params.finetune, torch.device(s.device),
+            work / "finetune" / layout.BEST_WEIGHTS_FILE, params.finetune, torch.device(s.device),
         )  # fmt: skip
         record = {
             "pretrain": {k: pretrained[k] for k in ("steps", "history", "device")},

@@ -32,7 +32,8 @@ sys.path[:0] = [str(ROOT), str(HERE)]
 import gpu  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.config import Params, load_params, pretext_variant, sop_variant, split_model  # noqa: E402
+from pipeline.config import Params, load_params  # noqa: E402
+from pipeline.zoo import pretext_variant, sop_variant, split_model  # noqa: E402
 
 TILE_PX = 512  # every dataset of the paper profile is tiled at 512 (params.yaml, data.tiling)
 
@@ -143,7 +144,11 @@ def grid_jobs(params: Params, measured: dict[str, Any] | None = None) -> list[Jo
         for model in f.models:
             backbone, init = split_model(model)
             train, forward = per_image[backbone]
-            after = f"{backbone}-{sop_variant(init, p)}" if init.startswith("sop") else None
+            after = (
+                f"{backbone}-{sop_variant(init, p.main_variant)}"
+                if init.startswith("sop")
+                else None
+            )
             r = rate[(backbone, "finetune")]
             for fraction in params.data.label_fractions:
                 for seed in f.seeds:

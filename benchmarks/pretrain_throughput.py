@@ -22,8 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from pipeline.env import apply_env_defaults
 
 
@@ -44,6 +42,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="sop-bench-"))
     apply_env_defaults(work)
+    from pipeline.config import params_from_mapping
     from pipeline.data.store import TileStore
     from pipeline.synthetic import synthetic_tile_store
     from pipeline.train.pretrain import PretrainJob, run_pretrain
@@ -79,10 +78,9 @@ def main() -> None:
             "loader_workers": args.workers,
         },
     }
-    params_file = work / "params.yaml"
-    params_file.write_text(yaml.safe_dump(params))
+    resolved = params_from_mapping(params, source="benchmark")
     result = run_pretrain(
-        PretrainJob(params_file, args.backbone, store, work / "out", work / "checkpoints")
+        PretrainJob(resolved, args.backbone, store, work / "out", work / "checkpoints")
     )
     print("epoch  train_loss  val_iou  val_box_iou  baseline_iou")
     for row in result["history"]:

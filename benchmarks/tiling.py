@@ -77,7 +77,8 @@ class AnonPeak:
 
 def write_scene(folder: Path, height: int, width: int, seed: int = 0) -> tuple[Path, Path]:
     """images/<name>.tif and masks/<name>.tif: a synthetic scene mirrored up to height x width."""
-    from pipeline.synthetic.archive import _write_geotiffs, synth_scene
+    from pipeline.synthetic.archive import _write_geotiffs
+    from pipeline.synthetic.scene import synth_scene
 
     base_h, base_w = min(height, 1600), min(width, 1700)
     image, mask = synth_scene(base_h, base_w, np.random.default_rng(seed))

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any
 
 import typer
 
+from pipeline import layout
 from pipeline.env import apply_env_defaults
 from pipeline.errors import PipelineError
-from pipeline.files import disk_full
+from pipeline.stage import one_line_errors
 
 app = typer.Typer(
     help="Subimage Overlap Prediction pipeline: download -> tile -> pretrain -> finetune -> "
@@ -25,9 +24,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 ParamsOption = Annotated[
     Path, typer.Option("--params", "-p", help="The params file; its folder is the pipeline root.")
@@ -42,46 +38,6 @@ DatasetsArg = Annotated[
 ]
 
 
-def one_line_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Report a PipelineError, or a disk that filled up anywhere, as one line naming the file or
-    parameter, exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except PipelineError as exc:
-            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(2) from None
-        except OSError as exc:
-            full = disk_full(exc.filename or "a write", exc)
-            if full is None:
-                raise
-            typer.secho(f"error: {full}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
-def stage_main(fn: Callable[..., Any]) -> None:
-    """Entry of a ``stages/*.py`` module: typer parsing plus one-line errors. Under ``sop
-    repro`` the stage runs in the warm stage host (``pipeline.stagehost``) when one is up."""
-    from pipeline.stagehost import run_in_host
-    from pipeline.timing import record_if_asked
-
-    code = run_in_host(Path(sys.argv[0]), sys.argv[1:])
-    if code is not None:
-        raise SystemExit(code)
-    record_if_asked()
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    # No flow-run heartbeats in a stage: its run ends with its process, a crash fails its DVC
-    # command and the `paper` flow around it (which keeps its heartbeat), and stopping the
-    # heartbeat thread cost up to a second per stage.
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        typer.run(one_line_errors(fn))
-
-
 def _load(params_file: Path, overrides: list[str] | None) -> tuple[Any, Path]:
     from pipeline.config import load_params
 
@@ -94,9 +50,9 @@ def _per_dataset(
     flow_name: str, datasets: list[str] | None, params_file: Path, overrides: list[str] | None
 ) -> None:
     params, root = _load(params_file, overrides)
-    from pipeline import flows
+    from pipeline.flows import data
 
-    run = getattr(flows, flow_name)
+    run = getattr(data, flow_name)
     for dataset in datasets or params.data.datasets:
         run(dataset, params, root)
 
@@ -143,7 +99,7 @@ def pretrain(
 ) -> None:
     """Pretrain each backbone x pretext variant; export its encoder to models/pretrain/."""
     params, root = _load(params_file, overrides)
-    from pipeline.flows import pretrain_flow
+    from pipeline.flows.pretrain import pretrain_flow
 
     p = params.pretrain
     for backbone in backbones or p.backbones:
@@ -183,7 +139,7 @@ def weights(
 ) -> None:
     """Fetch, verify and load each model's starting encoder into models/init/<model>."""
     params, root = _load(params_file, overrides)
-    from pipeline.flows import weights_flow
+    from pipeline.flows.finetune import weights_flow
 
     for model in models or params.finetune.models:
         weights_flow(model, params, root)
@@ -201,16 +157,15 @@ def _per_cell(
     """Run a flow for each grid cell (dataset, model, label fraction, seed), the defaults from
     params."""
     params, root = _load(params_file, overrides)
-    from pipeline import flows
-    from pipeline.flows.finetune import Cell
+    from pipeline.flows import finetune
 
-    run = getattr(flows, flow_name)
+    run = getattr(finetune, flow_name)
     f = params.finetune
     for dataset in datasets or f.datasets:
         for model in models or f.models:
             for fraction in fractions or params.data.label_fractions:
                 for seed in seeds or f.seeds:
-                    run(Cell(dataset, model, fraction, seed), params, root)
+                    run(finetune.Cell(dataset, model, fraction, seed), params, root)
 
 
 @app.command()
@@ -249,7 +204,7 @@ def report(
 ) -> None:
     """Collect every evaluated cell into results/: results.csv, report.md and plots."""
     params, root = _load(params_file, overrides)
-    from pipeline.flows import report_flow
+    from pipeline.flows.report import report_flow
 
     report_flow(params, root)
 
@@ -332,6 +287,33 @@ def params(
 
 @app.command()
 @one_line_errors
+def stages(
+    project: Annotated[
+        Path, typer.Option("--project", help="The repository root (dvc.yaml, stages/, demo/).")
+    ] = Path("."),
+    check: Annotated[
+        bool, typer.Option("--check", help="Write nothing; exit 1 when a file would change.")
+    ] = False,
+) -> None:
+    """Derive the pipeline definition: dvc.yaml's code deps from each stage's imports, and
+    demo/dvc.yaml from dvc.yaml."""
+    from pipeline import definition
+
+    root = project.resolve()
+    if check:
+        stale = [d.path for d in definition.differences(root)]
+        for path in stale:
+            typer.echo(f"{path}: not what `sop stages` derives; run it and commit the result")
+        if stale:
+            raise typer.Exit(1)
+        typer.echo("dvc.yaml and demo/dvc.yaml are as derived")
+        return
+    written = definition.write(root)
+    typer.echo("\n".join(f"wrote {path}" for path in written) or "nothing to change")
+
+
+@app.command()
+@one_line_errors
 def synth(
     out: Annotated[Path, typer.Argument(help="The zip to write (LandCover.ai v1 layout).")],
     params_file: ParamsOption = Path("params.yaml"),
@@ -339,7 +321,7 @@ def synth(
 ) -> None:
     """Write a synthetic LandCover.ai-style archive (params section `synthetic`)."""
     params, root = _load(params_file, overrides)
-    from pipeline.flows import synth_flow
+    from pipeline.flows.synth import synth_flow
 
     synth_flow(out, params, root)
 
@@ -386,7 +368,9 @@ def repro(
     project_dir(root)  # a folder that is no project fails here, before a host starts in it
     # The host imports the stack while Prefect's server starts (seconds each), not after it:
     # the flow then finds it running.
-    host = stage_host(root / ".sop", mlflow_uri=tracking_uri(root)) if warm else nullcontext()
+    host = (
+        stage_host(layout.state_dir(root), mlflow_uri=tracking_uri(root)) if warm else nullcontext()
+    )
     with host:
         summary = paper_flow(str(root), targets, push, glob, warm)
     typer.echo(

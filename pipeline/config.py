@@ -7,10 +7,9 @@ Defaults marked "decided" in the README are this project's choices where the pap
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -25,21 +24,27 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from pipeline.errors import ParamsError
+from pipeline.overrides import one_line, with_overrides
+from pipeline.zoo import (
+    BACKBONES,
+    EVERY_BACKBONE,
+    INITS,
+    PAPER_BACKBONES,
+    PAPER_MODELS,
+    base_init,
+    check_model,
+    input_multiple,
+    pretext_variant,
+    sop_variant,
+    split_model,
+)
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 
-# Backbone name -> (pretext, segmentation) multiple every input side must be: the ViT patch size;
-# for a ResNet 8 in the pretext (its stride-16 correlation map rounds a side up, and pairs such
-# as 112/56 stay shared with the ViT), and the stride-32 map a U-Net decoder upsamples from.
-# The model registry (pipeline/models) builds exactly these names.
-BACKBONE_INPUT_MULTIPLE: dict[str, tuple[int, int]] = {
-    "vits14": (14, 14),
-    "vit_tiny_demo": (14, 14),
-    "resnet50": (8, 32),
-    "resnet_demo": (8, 32),
-}
-BackboneName = Literal["vits14", "vit_tiny_demo", "resnet50", "resnet_demo"]
-PAPER_BACKBONES: tuple[BackboneName, ...] = ("vits14", "resnet50")
+if TYPE_CHECKING:
+    BackboneName = str
+else:  # a Literal, so that a wrong name's error lists every backbone
+    BackboneName = Literal[EVERY_BACKBONE]
 # The catalog's built-in datasets (pipeline/data/catalog.py holds their entries); users add
 # their own under data.custom.
 BUILTIN_DATASETS = ("landcoverai", "loveda", "deepglobe")
@@ -347,6 +352,11 @@ class PretrainParams(_Section):
     def color_jitter(self) -> float:
         return self.color_jitters[0]
 
+    @property
+    def main_variant(self) -> str:
+        """The pretext variant a plain ``sop`` init means: ``<subimage>-<jitter>``."""
+        return pretext_variant(self.subimage_size, self.color_jitter)
+
     @field_validator("source_size")
     @classmethod
     def _source_multiple_for_every_backbone(cls, value: int, info: ValidationInfo) -> int:
@@ -382,7 +392,7 @@ class PretrainParams(_Section):
     def _demo_backbones_start_random(self) -> PretrainParams:
         for backbone in self.backbones:
             if (
-                backbone.endswith("_demo")
+                BACKBONES[backbone].published_tag is None
                 and self.init == "pretrained"
                 and backbone not in self.weights_file
             ):
@@ -438,61 +448,6 @@ class ComputeParams(_Section):
         if value == "auto" or (type(value) is int and value > 0):
             return value
         raise ValueError(f"want a positive number of processes or 'auto' (got {value!r})")
-
-
-# Initialisations a fine-tuning run may start from (pipeline/models/inits.py holds their
-# sources and normalisations), and the backbones each one exists for.
-INIT_BACKBONES: dict[str, tuple[str, ...]] = {
-    "random": tuple(BACKBONE_INPUT_MULTIPLE),
-    "sop": tuple(BACKBONE_INPUT_MULTIPLE),
-    "imagenet": ("resnet50",),
-    "lvd142m": ("vits14",),
-    "gassl": ("resnet50",),
-    "seco": ("resnet50",),
-    "ssl4eo": ("resnet50",),
-    "satlas": ("resnet50",),
-}
-
-
-PAPER_MODELS = (
-    "vits14-random",
-    "vits14-lvd142m",
-    "vits14-sop",
-    "resnet50-random",
-    "resnet50-imagenet",
-    "resnet50-gassl",
-    "resnet50-seco",
-    "resnet50-ssl4eo",
-    "resnet50-satlas",
-    "resnet50-sop",
-)
-
-
-def pretext_variant(subimage_size: int, color_jitter: float) -> str:
-    """``56-0.4``: a pretext variant's name, as DVC's matrix renders its two values."""
-    return f"{int(subimage_size)}-{float(color_jitter)}"
-
-
-def split_model(model: str) -> tuple[str, str]:
-    """``resnet50-sop-56-0.0`` -> (``resnet50``, ``sop-56-0.0``): backbone names hold no '-'."""
-    backbone, sep, init = model.partition("-")
-    if not sep or backbone not in BACKBONE_INPUT_MULTIPLE:
-        raise ValueError(
-            f"{model!r}: want <backbone>-<init> with a backbone of {list(BACKBONE_INPUT_MULTIPLE)}"
-        )
-    return backbone, init
-
-
-def base_init(init: str) -> str:
-    """``sop-56-0.0`` -> ``sop``: an ablation's encoder is still the SOP init."""
-    return "sop" if init.startswith("sop-") else init
-
-
-def sop_variant(init: str, pretrain: PretrainParams) -> str:
-    """The pretext variant an SOP init names: the main one for plain ``sop``."""
-    if init == "sop":
-        return pretext_variant(pretrain.subimage_size, pretrain.color_jitter)
-    return init.removeprefix("sop-")
 
 
 class FinetuneParams(_Section):
@@ -553,20 +508,7 @@ class FinetuneParams(_Section):
     @classmethod
     def _models_exist(cls, value: list[str]) -> list[str]:
         for model in value:
-            backbone, init = split_model(model)
-            base = base_init(init)
-            if base not in INIT_BACKBONES or (
-                base == "sop" and init != "sop" and not _is_variant(init)
-            ):
-                raise ValueError(
-                    f"{model!r}: unknown init {init!r}; known: {list(INIT_BACKBONES)} or "
-                    "sop-<subimage>-<jitter>"
-                )
-            if backbone not in INIT_BACKBONES[base]:
-                allowed = [i for i, b in INIT_BACKBONES.items() if backbone in b]
-                raise ValueError(
-                    f"{model!r}: no {init} weights for {backbone}; inits for it: {allowed}"
-                )
+            check_model(model)
         _check_unique(value)
         return value
 
@@ -596,25 +538,14 @@ class FinetuneParams(_Section):
             ("weights_file", self.weights_file),
             ("normalisation", self.normalisation),
         ):
-            unknown = sorted(set(names) - set(INIT_BACKBONES))
+            unknown = sorted(set(names) - set(INITS))
             if unknown:
                 raise PydanticCustomError(
                     "unknown_init",
                     "{field}: unknown init(s) {unknown}; known: {known}",
-                    {"field": field, "unknown": unknown, "known": list(INIT_BACKBONES)},
+                    {"field": field, "unknown": unknown, "known": list(INITS)},
                 )
         return self
-
-
-def _is_variant(init: str) -> bool:
-    parts = init.split("-")
-    if len(parts) != 3 or not parts[1].isdigit():
-        return False
-    try:
-        float(parts[2])
-    except ValueError:
-        return False
-    return True
 
 
 class SyntheticParams(_Section):
@@ -660,7 +591,7 @@ class Params(_Section):
                     "finetune.models: {model} needs {backbone} in pretrain.backbones {backbones}",
                     {"model": model, "backbone": backbone, "backbones": self.pretrain.backbones},
                 )
-            if sop_variant(init, self.pretrain) not in variants:
+            if sop_variant(init, self.pretrain.main_variant) not in variants:
                 raise PydanticCustomError(
                     "sop_variant",
                     "finetune.models: {model} names no pretext variant of pretrain."
@@ -689,7 +620,7 @@ def _check_unique(values: Sequence[Any]) -> None:
 
 
 def _check_multiple(value: int, backbone: str, *, pretext: bool) -> None:
-    multiple = BACKBONE_INPUT_MULTIPLE[backbone][0 if pretext else 1]
+    multiple = input_multiple(backbone, pretext=pretext)
     if value % multiple:
         lower = value // multiple * multiple
         higher = lower + multiple
@@ -698,68 +629,16 @@ def _check_multiple(value: int, backbone: str, *, pretext: bool) -> None:
         )
 
 
-def _dotted(loc: Sequence[int | str]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _format_errors(exc: ValidationError, source: str) -> str:
-    problems = []
-    for err in exc.errors():
-        key = _dotted(err["loc"])
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif (
-            "input" in err
-            and err["type"] not in ("missing", "value_error")
-            and not isinstance(err["input"], Mapping)  # a whole section: the key says where
-        ):
-            message = f"{message} (got {err['input']!r})"
-        problems.append(f"{key}: {message}" if key else message)
-    return f"{source}: " + "; ".join(problems)
-
-
-def _set_dotted(tree: dict[str, Any], key: str, value: Any, source: str) -> None:
-    parts = key.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ParamsError(f"{source}: {key}: {part} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
-    """``['pretrain.epochs=3', 'data.label_fractions=[1.0, 0.5]']`` -> typed (key, value) pairs."""
-    pairs = []
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ParamsError(f"override {item!r}: expected KEY=VALUE, e.g. pretrain.epochs=3")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as exc:
-            raise ParamsError(f"override {item!r}: value is not valid YAML ({exc})") from None
-        pairs.append((key.strip(), value))
-    return pairs
-
-
 def params_from_mapping(
     tree: Mapping[str, Any], *, source: str = "params", overrides: Sequence[str] = ()
 ) -> Params:
     """Validate a parsed params tree with overrides applied on top."""
-    merged: dict[str, Any] = _deep_copy(tree)
-    for key, value in parse_overrides(overrides):
-        _set_dotted(merged, key, value, f"override {key}")
+    merged = with_overrides(tree, overrides)
     try:
         return Params.model_validate(merged)
     except ValidationError as exc:
         where = source if not overrides else f"{source} (with overrides {list(overrides)})"
-        raise ParamsError(_format_errors(exc, where)) from None
+        raise ParamsError(one_line(exc, where)) from None
 
 
 def load_params(path: Path = DEFAULT_PARAMS_FILE, overrides: Sequence[str] = ()) -> Params:
@@ -786,14 +665,3 @@ def load_params(path: Path = DEFAULT_PARAMS_FILE, overrides: Sequence[str] = ())
 def params_to_yaml(params: Params) -> str:
     """The resolved config, as saved beside every run."""
     return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
-
-
-def _deep_copy(tree: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
-
-
-def fraction_column(fraction: float) -> str:
-    """Index column marking membership of the ``fraction`` label subset: ``in_frac_0.25``."""
-    if not (0.0 < fraction <= 1.0) or math.isnan(fraction):
-        raise ValueError(f"label fraction must lie in (0, 1], got {fraction}")
-    return f"in_frac_{fraction:g}"

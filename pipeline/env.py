@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pipeline import layout
+
 TELEMETRY_OFF: dict[str, str] = {
     "NO_ALBUMENTATIONS_UPDATE": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -23,7 +25,7 @@ def apply_env_defaults(root: Path | None = None) -> None:
     for key, value in TELEMETRY_OFF.items():
         os.environ.setdefault(key, value)
     if root is not None:
-        state = (root / ".sop").resolve()
+        state = layout.state_dir(root).resolve()
         os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
         # Prefect creates its home without parents and then fails to open its database.
         Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
+from pipeline import layout
 from pipeline.errors import DataError
 
 IDENTITY = ["dataset", "backbone", "init", "label_fraction", "seed"]
@@ -38,11 +41,11 @@ def collect(root: Path) -> pd.DataFrame:
     The identity comes from the metrics files themselves; ``cell`` is the cell's path under
     ``metrics/evaluate`` (``landcoverai/vits14-sop-1.0-s0``), shared by its other files."""
     rows = []
-    evaluated = root / "metrics" / "evaluate"
+    evaluated = layout.evaluate_metrics_dir(root)
     for path in sorted(evaluated.glob("*/*.json")):
         cell = path.relative_to(evaluated).with_suffix("").as_posix()
         test = json.loads(path.read_text())
-        trained_path = root / "metrics" / "finetune" / path.relative_to(evaluated)
+        trained_path = layout.finetune_metrics_dir(root) / path.relative_to(evaluated)
         if not trained_path.exists():
             raise DataError(f"{trained_path}: missing for {path}; rerun the finetune stage")
         trained = json.loads(trained_path.read_text())
@@ -79,7 +82,7 @@ def curves(root: Path, table: pd.DataFrame) -> pd.DataFrame:
     frames = []
     cells: list[dict[str, Any]] = table[[*IDENTITY, "cell"]].to_dict("records")  # type: ignore[assignment]
     for cell in cells:
-        path = root / "plots" / "finetune" / f"{cell.pop('cell')}.csv"
+        path = layout.finetune_curves_dir(root) / f"{cell.pop('cell')}.csv"
         if not path.exists():
             raise DataError(f"{path}: missing curve; rerun the finetune stage")
         curve = pd.read_csv(path, usecols=["epoch", "val_miou"])
@@ -293,7 +296,7 @@ def write_report(root: Path, out_dir: Path, threshold: float) -> dict[str, Path]
     """results.csv, report.md and the plots under ``out_dir``; returns their paths."""
     table = collect(root)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = out_dir / "results.csv"
+    results = out_dir / layout.RESULTS_TABLE
     ordered = IDENTITY + FIGURES + [c for c in table.columns if c not in IDENTITY + FIGURES]
     table[ordered].to_csv(results, index=False)
     plots = plot_curves(curves(root, table), out_dir, threshold) + plot_fractions(table, out_dir)
@@ -328,7 +331,7 @@ class PretextCheck:
 
 def pretext_checks(root: Path) -> list[PretextCheck]:
     """Every pretrain run's final mask IoU and baseline, from ``metrics/pretrain/*.json``."""
-    folder = root / "metrics" / "pretrain"
+    folder = layout.pretrain_metrics_dir(root)
     checks = []
     for path in sorted(folder.glob("*.json")):
         figures = json.loads(path.read_text())
@@ -339,3 +342,41 @@ def pretext_checks(root: Path) -> list[PretextCheck]:
     if not checks:
         raise DataError(f"{folder}: no pretrain metrics; run the pretrain stages first")
     return checks
+
+
+def plot_confusion(
+    matrix: npt.ArrayLike, class_names: tuple[str, ...], path: Path, title: str
+) -> None:
+    """A row-normalised heatmap (each true class sums to 100%), counts' shares annotated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(matrix, dtype=np.float64)
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
+    n = len(class_names)
+    figure, axes = plt.subplots(figsize=(1.2 * n + 2.5, 1.1 * n + 2))
+    image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    axes.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right")
+    axes.set_yticks(range(n), labels=list(class_names))
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(title, fontsize=9)
+    for i in range(n):
+        for j in range(n):
+            value = float(shares[i, j])
+            axes.text(
+                j,
+                i,
+                f"{100 * value:.0f}%",
+                ha="center",
+                va="center",
+                color="white" if value > 0.5 else "black",
+                fontsize=8,
+            )
+    figure.colorbar(image, ax=axes, fraction=0.046, label="share of the true class")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -46,8 +46,8 @@ PRELOAD = (
     "pipeline.flows.finetune",
     "pipeline.flows.pretrain",
     "pipeline.flows.report",
-    # What the first flow run, MLflow run, plot and exit of a process import lazily: each stage
-    # paid for it again (about 0.3 s) until the host imported it for them.
+    # What the first flow run, MLflow run, plot and exit of a process import lazily: imported
+    # here once, so that no forked stage pays for it again (README, Performance).
     "prefect.flow_engine",
     "prefect.utilities.visualization",
     "mlflow.tracing.processor.otel",
@@ -199,8 +199,8 @@ def _watch(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None
             os.close(fd)
         selector = selectors.DefaultSelector()
         selector.register(conn, selectors.EVENT_READ)
-        # Woken the moment the stage exits (a pidfd turns readable), not at the next poll:
-        # polling every 0.2 s added 0.1 s to every stage on average.
+        # Woken the moment the stage exits (a pidfd turns readable), not at the next poll,
+        # which would add half a poll interval to every stage.
         poll = _register_exit(selector, child)
         while True:
             pid, status = os.waitpid(child, os.WNOHANG)
@@ -241,8 +241,7 @@ def serve(address: Path, preload: Sequence[str] = PRELOAD, mlflow_uri: str | Non
     if mlflow_uri:
         warm_mlflow(mlflow_uri)
     # The preloaded heap (millions of objects) out of the collector's reach: a forked stage's
-    # collections would otherwise walk it, touching every page and copying it (copy-on-write);
-    # that was most of a stage's start-up.
+    # collections would otherwise walk it, touching every page and copying it (copy-on-write).
     gc.collect()
     gc.freeze()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # watchers are reaped by the kernel

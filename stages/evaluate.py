@@ -3,9 +3,9 @@
 
 from pathlib import Path
 
-from pipeline.cli import stage_main
 from pipeline.config import load_params
 from pipeline.env import apply_env_defaults
+from pipeline.stage import stage_main
 
 
 def main(
@@ -13,8 +13,7 @@ def main(
 ) -> None:
     root = params_file.resolve().parent
     apply_env_defaults(root)
-    from pipeline.flows import evaluate_flow
-    from pipeline.flows.finetune import Cell
+    from pipeline.flows.finetune import Cell, evaluate_flow
 
     evaluate_flow(Cell(dataset, model, fraction, seed), load_params(params_file), root)
 

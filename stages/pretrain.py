@@ -3,9 +3,9 @@
 
 from pathlib import Path
 
-from pipeline.cli import stage_main
 from pipeline.config import load_params
 from pipeline.env import apply_env_defaults
+from pipeline.stage import stage_main
 
 
 def main(
@@ -13,7 +13,7 @@ def main(
 ) -> None:
     root = params_file.resolve().parent
     apply_env_defaults(root)
-    from pipeline.flows import pretrain_flow
+    from pipeline.flows.pretrain import pretrain_flow
 
     pretrain_flow(backbone, subimage_size, color_jitter, load_params(params_file), root)
 

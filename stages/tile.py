@@ -2,15 +2,15 @@
 
 from pathlib import Path
 
-from pipeline.cli import stage_main
 from pipeline.config import load_params
 from pipeline.env import apply_env_defaults
+from pipeline.stage import stage_main
 
 
 def main(dataset: str, params_file: Path = Path("params.yaml")) -> None:
     root = params_file.resolve().parent
     apply_env_defaults(root)
-    from pipeline.flows import tile_flow
+    from pipeline.flows.data import tile_flow
 
     tile_flow(dataset, load_params(params_file), root)
 

@@ -1,102 +1,38 @@
-"""The package's shape: no import cycle in pipeline/, lazy imports inside functions included.
+"""The package's shape: no import cycle, layers that point one way, a README that matches.
 
-Imports under ``if TYPE_CHECKING:`` run only for the type checker and are left out; importing
-``a.b.c`` also runs the packages ``a.b`` and ``a``, which count as imported (except by modules
-inside them).
+The import graph (:mod:`pipeline.imports`) counts lazy imports inside functions and leaves out
+those under ``if TYPE_CHECKING:``; importing ``a.b.c`` also runs the packages ``a.b`` and ``a``.
 """
 
 from __future__ import annotations
 
-import ast
-from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
+
+from pipeline.imports import cycles, import_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pipeline"
-
-
-def module_files() -> dict[str, Path]:
-    modules = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        parts = path.relative_to(ROOT).with_suffix("").parts
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        modules[name] = path
-    return modules
-
-
-def runtime_imports(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
-    """Every import statement, at any depth, except those under ``if TYPE_CHECKING:``."""
-    for node in ast.iter_child_nodes(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            yield from (i for child in node.orelse for i in runtime_imports(child))
-            continue
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            yield node
-        yield from runtime_imports(node)
-
-
-def imported_names(node: ast.Import | ast.ImportFrom, package: str) -> list[str]:
-    if isinstance(node, ast.Import):
-        return [alias.name for alias in node.names]
-    base = node.module or ""
-    if node.level:
-        parent = package.split(".")[: len(package.split(".")) - node.level + 1]
-        base = ".".join([*parent, base] if base else parent)
-    return [base, *(f"{base}.{alias.name}" for alias in node.names)]
-
-
-def import_graph() -> dict[str, set[str]]:
-    modules = module_files()
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        edges: set[str] = set()
-        for node in runtime_imports(ast.parse(path.read_text())):
-            for target in imported_names(node, package):
-                while target:  # the module and every package above it run
-                    # ... except this module's own packages: Python runs them before it, and a
-                    # package's __init__ re-exporting its modules is no cycle.
-                    if target in modules and not f"{name}.".startswith(f"{target}."):
-                        edges.add(target)
-                    target = target.rpartition(".")[0]
-        graph[name] = edges
-    return graph
-
-
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components of more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    found: list[list[str]] = []
-
-    def visit(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        for nxt in graph[node]:
-            if nxt not in index:
-                visit(nxt)
-                low[node] = min(low[node], low[nxt])
-            elif nxt in stack:
-                low[node] = min(low[node], index[nxt])
-        if low[node] == index[node]:
-            component = []
-            while True:
-                member = stack.pop()
-                component.append(member)
-                if member == node:
-                    break
-            if len(component) > 1:
-                found.append(sorted(component))
-
-    for node in sorted(graph):
-        if node not in index:
-            visit(node)
-    return found
+# What a layer may not import (prefixes of module names): models know nothing of files on disk
+# layouts, datasets or DVC; the engine and tasks nothing of orchestration; the table of names,
+# the layout and the schema nothing of ours but errors.
+FORBIDDEN = {
+    "pipeline.models": ("pipeline.data", "pipeline.flows", "pipeline.train", "pipeline.layout",
+                        "pipeline.config", "pipeline.tracking", "pipeline.cli", "pipeline.stage"),
+    "pipeline.train": ("pipeline.flows", "pipeline.tracking", "pipeline.cli", "pipeline.stage",
+                       "pipeline.definition"),
+    "pipeline.data": ("pipeline.flows", "pipeline.models", "pipeline.train", "pipeline.tracking",
+                      "pipeline.cli", "pipeline.synthetic"),
+    "pipeline.zoo": ("pipeline.",),
+    "pipeline.layout": ("pipeline.",),
+    "pipeline.imports": ("pipeline.",),
+    "pipeline.config": ("pipeline.data", "pipeline.models", "pipeline.train", "pipeline.flows"),
+}  # fmt: skip
 
 
 def test_the_graph_sees_lazy_imports_and_parent_packages() -> None:
-    graph = import_graph()
+    graph = import_graph(ROOT)
     assert "pipeline.train.engine" in graph["pipeline.train.pretrain"]
     assert "pipeline.models" in graph["pipeline.train.pretrain"]  # via pipeline.models.overlap
     # cli.py imports most of its commands' modules inside the commands
@@ -109,8 +45,33 @@ def test_a_cycle_is_found() -> None:
 
 
 def test_pipeline_has_no_import_cycle() -> None:
-    found = cycles(import_graph())
+    found = cycles(import_graph(ROOT))
     assert not found, "import cycles in pipeline/: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_layers_point_one_way(layer: str) -> None:
+    graph = import_graph(ROOT)
+    members = [m for m in graph if m == layer or m.startswith(f"{layer}.")]
+    assert members
+    wrong = {
+        f"{module} -> {target}"
+        for module in members
+        for target in graph[module]
+        if target != "pipeline.errors"
+        and any(target == f or target.startswith(f) for f in FORBIDDEN[layer])
+    }
+    assert not wrong, sorted(wrong)
+
+
+def test_the_layer_rule_catches_a_wrong_edge() -> None:
+    target = "pipeline.flows.common"
+    assert any(target.startswith(f) for f in FORBIDDEN["pipeline.train"])
+
+
+def test_no_model_module_mentions_dvc() -> None:
+    for path in (PACKAGE / "models").rglob("*.py"):
+        assert "dvc" not in path.read_text().lower(), path
 
 
 def architecture_listing() -> set[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from pipeline import layout
 from pipeline.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def test_stage_entry_reports_errors_in_one_line(tmp_path: Path) -> None:
 def test_a_stage_runs_its_flow_without_heartbeats(tmp_path: Path) -> None:
     script = tmp_path / "stage.py"
     script.write_text(
-        "from pipeline.cli import stage_main\n"
+        "from pipeline.stage import stage_main\n"
         "def main() -> None:\n"
         "    from prefect.settings import get_current_settings\n"
         "    print('heartbeat', get_current_settings().flows.heartbeat_frequency)\n"
@@ -89,10 +90,11 @@ def test_a_stage_runs_its_flow_without_heartbeats(tmp_path: Path) -> None:
 
 
 def test_pretext_says_per_run_whether_it_beat_the_position_prior(tmp_path: Path) -> None:
-    metrics = tmp_path / "metrics" / "pretrain"
-    metrics.mkdir(parents=True)
-    (metrics / "resnet_demo-56-0.0.json").write_text('{"val_iou": 0.54, "baseline_iou": 0.43}')
-    (metrics / "vit_tiny_demo-56-0.0.json").write_text('{"val_iou": 0.46, "baseline_iou": 0.43}')
+    layout.pretrain_metrics_dir(tmp_path).mkdir(parents=True)
+    for name, val_iou in (("resnet_demo-56-0.0", 0.54), ("vit_tiny_demo-56-0.0", 0.46)):
+        layout.pretrain_metrics_path(tmp_path, name).write_text(
+            f'{{"val_iou": {val_iou}, "baseline_iou": 0.43}}'
+        )
     params = str(tmp_path / "params.yaml")
     result = CliRunner().invoke(app, ["pretext", "--params", params])
     assert result.exit_code == 0, result.output
@@ -111,7 +113,7 @@ def test_pretext_says_per_run_whether_it_beat_the_position_prior(tmp_path: Path)
 def test_pretext_without_pretrain_metrics_names_the_folder(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["pretext", "--params", str(tmp_path / "params.yaml")])
     assert result.exit_code == 2
-    assert f"{tmp_path / 'metrics' / 'pretrain'}: no pretrain metrics" in result.output
+    assert f"{layout.pretrain_metrics_dir(tmp_path)}: no pretrain metrics" in result.output
 
 
 def test_a_short_option_means_one_long_option_across_the_command_tree() -> None:

@@ -8,11 +8,11 @@ import yaml
 from pipeline.config import (
     Params,
     SourceParams,
-    fraction_column,
     load_params,
     params_from_mapping,
     params_to_yaml,
 )
+from pipeline.data.subsets import fraction_column
 from pipeline.errors import ParamsError
 
 REPO = Path(__file__).resolve().parents[1]

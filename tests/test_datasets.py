@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import yaml
 
+from pipeline import layout
 from pipeline.config import params_from_mapping
 from pipeline.data.store import TileStore
 from pipeline.errors import ChecksumError, DataError, DownloadError
-from pipeline.flows import download_flow, tile_flow
+from pipeline.flows.data import download_flow, tile_flow
 from tests import archives
 from tests.servers import FileServer
 
@@ -58,7 +59,7 @@ def test_loveda_from_a_mirror_with_a_dropped_connection_and_a_500(
     assert train_requests[-1][1].startswith("bytes=")
     summary = tile_flow("loveda", p, tmp_path)
 
-    store = TileStore(tmp_path / "data/tiles/loveda")
+    store = TileStore(layout.tiles_dir(tmp_path, "loveda"))
     labelled = {k: v for split in ("Train", "Val") for k, v in loveda[split].masks.items()}
     n_images = len(labelled) + len(loveda["Test"].images)
     assert summary["tiles"] == len(store) == 4 * n_images  # 1024 -> four 512 tiles
@@ -96,9 +97,9 @@ def test_loveda_checksum_mismatch_sets_the_archive_aside(
     p = params(datasets=["loveda"], sources={"loveda": {"url": loveda_server.url, "md5": md5s}})
     with pytest.raises(ChecksumError, match=r"Val\.zip\.part: md5 .* does not match"):
         download_flow("loveda", p, tmp_path)
-    assert (tmp_path / "data/raw/loveda/archives/Val.zip.bad").exists()
-    assert not (tmp_path / "data/raw/loveda/archives/Val.zip").exists()
-    assert not (tmp_path / "data/raw/loveda/extracted/Val").exists()
+    assert (layout.raw_dir(tmp_path, "loveda") / "archives/Val.zip.bad").exists()
+    assert not (layout.raw_dir(tmp_path, "loveda") / "archives/Val.zip").exists()
+    assert not (layout.raw_dir(tmp_path, "loveda") / "extracted/Val").exists()
 
 
 def test_offline_names_the_parameter(tmp_path: Path) -> None:
@@ -133,7 +134,7 @@ def test_deepglobe_kaggle_archive_thresholded_and_overlapping(tmp_path: Path) ->
     )
     download_flow("deepglobe", p, tmp_path)
     summary = tile_flow("deepglobe", p, tmp_path)
-    store = TileStore(tmp_path / "data/tiles/deepglobe")
+    store = TileStore(layout.tiles_dir(tmp_path, "deepglobe"))
     assert len(store) == 4 * len(built.masks)  # 600 at 512 with overlap: x, y in {0, 88}
     assert sorted(set(store.index["y"])) == [0, 88]
     for row in store.index.itertuples():
@@ -157,9 +158,9 @@ def test_deepglobe_balraj_folder_is_used_in_place(tmp_path: Path) -> None:
     p = params(datasets=["deepglobe"], sources={"deepglobe": {"url": str(built.path)}})
     download_flow("deepglobe", p, tmp_path)
     tile_flow("deepglobe", p, tmp_path)
-    store = TileStore(tmp_path / "data/tiles/deepglobe")
+    store = TileStore(layout.tiles_dir(tmp_path, "deepglobe"))
     assert set(store.index["scene"]) == set(built.masks)
-    assert not (tmp_path / "data/raw/deepglobe/extracted").exists()  # nothing copied
+    assert not (layout.raw_dir(tmp_path, "deepglobe") / "extracted").exists()  # nothing copied
 
 
 @pytest.mark.parametrize("fmt", ["tif", "png", "jpg"])
@@ -178,7 +179,7 @@ def test_users_labelled_imagery(tmp_path: Path, fmt: str) -> None:
     )
     download_flow("mine", p, tmp_path)
     tile_flow("mine", p, tmp_path)
-    store = TileStore(tmp_path / "data/tiles/mine")
+    store = TileStore(layout.tiles_dir(tmp_path, "mine"))
     classes = yaml.safe_load((built.path / "classes.yaml").read_text())
     assert store.meta.class_names == tuple(classes["names"])
     assert store.meta.ignore_index == 255
@@ -207,7 +208,7 @@ def test_users_multispectral_scenes_need_bands_and_scale(tmp_path: Path) -> None
         datasets=["s2"], custom={"s2": {**spec, "bands": [3, 2, 1], "scale": [0.0, 10000.0]}}
     )
     summary = tile_flow("s2", p, tmp_path)
-    store = TileStore(tmp_path / "data/tiles/s2")
+    store = TileStore(layout.tiles_dir(tmp_path, "s2"))
     assert not store.meta.has_masks
     assert summary["tiles_per_split"] == {"pretrain": len(store)}
     first = store.index.iloc[0]
@@ -236,8 +237,10 @@ def test_a_corrupt_scene_is_named_and_the_others_are_kept(tmp_path: Path) -> Non
     download_flow("mine", p, tmp_path)
     with pytest.raises(DataError, match=victim.name):
         tile_flow("mine", p, tmp_path)
-    done = sorted(p.stem for p in (tmp_path / "data/tiles/mine/.progress").glob("*.parquet"))
+    done = sorted(
+        p.stem for p in (layout.tiles_dir(tmp_path, "mine") / ".progress").glob("*.parquet")
+    )
     assert done == sorted(s for s in built.masks if s != victim.stem)
     shutil.copy(tmp_path / "mine" / "images" / f"{done[0]}.png", victim)  # repaired
     tile_flow("mine", p, tmp_path)
-    assert len(TileStore(tmp_path / "data/tiles/mine")) == 3
+    assert len(TileStore(layout.tiles_dir(tmp_path, "mine"))) == 3

@@ -6,8 +6,8 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import load_params
-from pipeline.data.download import file_digest
-from pipeline.flows.data import md5_file_of
+from pipeline.flows.synth import md5_file_of
+from pipeline.transfer import file_digest
 
 REPO = Path(__file__).resolve().parents[1]
 

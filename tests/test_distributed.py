@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from pipeline.train import distributed
 from pipeline.train.distributed import Distributed
-from pipeline.train.engine import EpochOrder, step_generator
+from pipeline.train.engine import EpochOrder
+from pipeline.train.seeds import step_generator
 
 
 @given(

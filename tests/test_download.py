@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.config import params_from_mapping
 from pipeline.data.catalog import get_dataset
-from pipeline.data.download import download, local_path, safe_extract, write_md5_file
+from pipeline.data.download import local_path, safe_extract, write_md5_file
 from pipeline.errors import (
     ChecksumError,
     DataError,
@@ -20,6 +20,7 @@ from pipeline.errors import (
     TransientDownloadError,
 )
 from pipeline.flows.data import Location, fetch_archive, resolve_locations
+from pipeline.transfer import download
 from tests.servers import FileServer
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB

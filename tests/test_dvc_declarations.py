@@ -97,12 +97,18 @@ def test_the_grid_matrix_comes_from_params_and_reaches_the_commands(root: Path) 
 
 
 @pytest.mark.parametrize("root", [REPO, REPO / "demo"], ids=["paper", "demo"])
-@pytest.mark.parametrize("name", ["pretrain", "weights", "finetune", "evaluate", "report"])
+@pytest.mark.parametrize(
+    "name", ["download", "tile", "pretrain", "weights", "finetune", "evaluate", "report"]
+)
 def test_every_declared_param_is_in_the_params_file(root: Path, name: str) -> None:
     tree = yaml.safe_load((root / "params.yaml").read_text())
     stage = _stage(root, name)
-    for key in stage["params"]:
-        key = key.split("#")[0].strip()
+    keys = [
+        key.split("#")[0].strip().replace("${item}", dataset)
+        for key in stage["params"]
+        for dataset in tree["data"]["datasets"]
+    ]
+    for key in keys:
         node = tree
         for part in key.split("."):
             assert isinstance(node, dict), key

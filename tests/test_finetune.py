@@ -15,19 +15,20 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader
 
+from pipeline import layout
 from pipeline.data.store import TileStore
 from pipeline.models.inits import normalisation_for
-from pipeline.train.engine import best_epoch, seed_worker
+from pipeline.train.engine import best_epoch
 from pipeline.train.finetune import (
     SegmentationTask,
     SegmentationTiles,
     convergence_epoch,
     metric_name,
-    sample_seed,
     sliding_window_logits,
     training_augmentation,
     window_starts,
 )
+from pipeline.train.seeds import sample_seed, seed_worker
 
 
 def tiles(store_dir: Path, crop: int = 128) -> SegmentationTiles:
@@ -265,7 +266,7 @@ def test_a_killed_finetuning_resumes_to_the_same_curves_and_best_weights(
 class SplitsOnly:
     """A tile store's split lookup, nothing else."""
 
-    directory = Path("data/tiles/loveda")
+    directory = layout.tiles_dir(Path(), "loveda")
 
     def __init__(self, splits: dict[str, int]) -> None:
         self.splits = splits

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline.config import INIT_BACKBONES
+from pipeline import layout
 from pipeline.errors import ChecksumError
 from pipeline.models.backbones import create_backbone
 from pipeline.models.inits import (
@@ -22,9 +22,9 @@ from pipeline.models.inits import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     INITS,
+    NORMALISATIONS,
     SECO_MAX,
     SECO_MIN,
-    InitSpec,
     Normalisation,
     describe,
     fetch,
@@ -33,11 +33,14 @@ from pipeline.models.inits import (
     normalisation_for,
 )
 from pipeline.models.weights import WeightsError, save_encoder
+from pipeline.zoo import BACKBONES, Init
 from tests.servers import FileServer
 
 State = dict[str, torch.Tensor]
 VIT_SIZE = 224  # fine-tuning crops are a multiple of 14; 224 keeps the test fast (16 x 16 grid)
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: connection refused
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def perturbed(state: State, seed: int = 0) -> State:
@@ -82,9 +85,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def serve_as(
-    monkeypatch: pytest.MonkeyPatch, server: FileServer, init: str, payload: Path
-) -> InitSpec:
+def serve_as(monkeypatch: pytest.MonkeyPatch, server: FileServer, init: str, payload: Path) -> Init:
     """Point ``init``'s pinned URL at ``server``, its file name carrying the payload's sha256."""
     spec = INITS[init]
     assert spec.file_name is not None
@@ -427,15 +428,21 @@ def test_an_init_for_another_backbone_is_refused(tmp_path: Path) -> None:
         init_state("gassl", "vits14", weights_file=None, sop_encoder=None, cache_dir=tmp_path)
 
 
-def test_sop_without_an_encoder_says_to_run_pretrain(tmp_path: Path) -> None:
-    with pytest.raises(WeightsError, match=r"dvc repro pretrain@resnet_demo-56-0\.4\)"):
-        init_state(
-            "sop",
-            "resnet_demo",
-            weights_file=None,
-            sop_encoder=tmp_path / "resnet_demo-56-0.4" / "encoder.safetensors",
-            cache_dir=tmp_path,
-        )
+def test_sop_without_an_encoder_names_it_and_the_param(tmp_path: Path) -> None:
+    missing = tmp_path / "resnet_demo-56-0.4" / "encoder.safetensors"
+    with pytest.raises(WeightsError, match=r"resnet_demo-56-0\.4.*finetune\.weights_file\.sop"):
+        init_state("sop", "resnet_demo", weights_file=None, sop_encoder=missing, cache_dir=tmp_path)
+
+
+def test_the_weights_stage_without_an_encoder_says_which_stage_to_run(tmp_path: Path) -> None:
+    from pipeline.config import load_params
+    from pipeline.flows.finetune import weights_flow
+
+    params = load_params(ROOT / "demo" / "params.yaml")
+    variant = params.pretrain.main_variant
+    with pytest.raises(WeightsError, match=rf"dvc repro pretrain@resnet_demo-{variant}\)"):
+        weights_flow.fn("resnet_demo-sop", params, tmp_path)
+    assert not layout.init_path(tmp_path, "resnet_demo-sop").exists()
 
 
 def test_a_missing_backbone_key_fails_naming_it() -> None:
@@ -457,11 +464,11 @@ def test_an_unexpected_key_is_reported() -> None:
 # --- registry and normalisations ---------------------------------------------------------------
 
 
-def test_registry_matches_the_config_and_the_notes() -> None:
-    assert list(INITS) == list(INIT_BACKBONES)
+def test_registry_matches_the_zoo_and_the_notes() -> None:
     for name, spec in INITS.items():
         assert spec.name == name
-        assert spec.backbones == INIT_BACKBONES[name]
+        assert set(spec.backbones) <= set(BACKBONES)
+        assert spec.normalisation in NORMALISATIONS
     assert {n: s.sha256_prefix for n, s in INITS.items() if s.kind == "url"} == {
         "gassl": "da43d987",
         "seco": "018bf397",
@@ -492,13 +499,13 @@ def test_imagenet_normalisation_is_x_over_255_then_imagenet_statistics() -> None
     # The SOP pretext normalises its 0..1 images with the same statistics.
     from pipeline.train.pretrain import normalise
 
-    assert torch.allclose(INITS["sop"].normalisation.apply(x), normalise(x / 255), atol=1e-6)
+    assert torch.allclose(normalisation_for("sop", "own").apply(x), normalise(x / 255), atol=1e-6)
     for init in ("random", "sop", "imagenet", "lvd142m", "gassl"):
-        assert INITS[init].normalisation == IMAGENET
+        assert normalisation_for(init, "own") == IMAGENET
 
 
 def test_seco_normalisation_composes_its_three_steps() -> None:
-    seco = INITS["seco"].normalisation
+    seco = normalisation_for("seco", "own")
     lo, hi = SECO_MIN, SECO_MAX
     at_min, at_max = seco.apply(channel_images([list(lo), list(hi)]))
     for c in range(3):
@@ -515,7 +522,7 @@ def test_seco_normalisation_composes_its_three_steps() -> None:
 
 
 def test_reflectance_and_satlas_normalisations() -> None:
-    ssl4eo, satlas = INITS["ssl4eo"].normalisation, INITS["satlas"].normalisation
+    ssl4eo, satlas = normalisation_for("ssl4eo", "own"), normalisation_for("satlas", "own")
     assert ssl4eo == Normalisation((0.0,) * 3, (10000.0,) * 3)
     assert torch.equal(ssl4eo.apply(channel_images([[10000.0] * 3])), torch.ones(1, 3, 1, 1))
     assert torch.equal(
@@ -526,7 +533,7 @@ def test_reflectance_and_satlas_normalisations() -> None:
 
 def test_normalisation_choice_and_apply_details() -> None:
     for init, spec in INITS.items():
-        assert normalisation_for(init, "own") == spec.normalisation
+        assert normalisation_for(init, "own") == NORMALISATIONS[spec.normalisation]
         assert normalisation_for(init, "imagenet") == IMAGENET
     with pytest.raises(ValueError, match="'own' or 'imagenet'"):
         normalisation_for("seco", "sentinel")

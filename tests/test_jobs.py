@@ -7,19 +7,21 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import load_params
 from pipeline.errors import ParamsError
 from pipeline.train.finetune import FinetuneJob
 from pipeline.train.jobs import JOB_KINDS, read_job
 from pipeline.train.pretrain import PretrainJob
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def test_each_kind_comes_back_as_it_was_written(tmp_path: Path) -> None:
+    params = load_params(ROOT / "demo" / "params.yaml", ["finetune.epochs=7"])
     jobs = [
-        PretrainJob(
-            tmp_path / "p.yaml", "resnet_demo", tmp_path / "s", tmp_path / "o", tmp_path / "c"
-        ),
+        PretrainJob(params, "resnet_demo", tmp_path / "s", tmp_path / "o", tmp_path / "c"),
         FinetuneJob(
-            tmp_path / "p.yaml", "resnet_demo", "sop", 0.25, 3, tmp_path / "w.safetensors",
+            params, "resnet_demo", "sop", 0.25, 3, tmp_path / "w.safetensors",
             tmp_path / "s", tmp_path / "o", tmp_path / "c", "sqlite:///m.db", "run",
         ),
     ]  # fmt: skip
@@ -32,7 +34,7 @@ def test_each_kind_comes_back_as_it_was_written(tmp_path: Path) -> None:
 def test_a_job_file_of_no_known_kind_is_refused_naming_the_file(
     tmp_path: Path, kind: str | None
 ) -> None:
-    raw = {"params_file": "p.yaml", "backbone": "resnet_demo", "store_dir": "s", "out_dir": "o"}
+    raw = {"params": {}, "backbone": "resnet_demo", "store_dir": "s", "out_dir": "o"}
     path = tmp_path / "job.json"
     path.write_text(json.dumps(raw if kind is None else {"kind": kind, **raw}))
     with pytest.raises(ParamsError, match=r"job\.json: job kind .* is none of"):

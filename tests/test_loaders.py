@@ -18,7 +18,7 @@ from pipeline.data.loaders import (
     resize_tile,
     symmetries,
 )
-from pipeline.train.engine import seed_worker
+from pipeline.train.seeds import seed_worker
 
 IMAGE = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
 

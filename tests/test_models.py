@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import BACKBONE_INPUT_MULTIPLE
-from pipeline.models.backbones import BACKBONES, create_backbone
+from pipeline import zoo
+from pipeline.models.backbones import BACKBONES, FAMILY_BUILDERS, create_backbone
 from pipeline.models.overlap import (
     SINCOS_AMPLITUDE,
     DualEncoderOverlapModel,
@@ -16,8 +16,10 @@ from pipeline.models.overlap import (
 DEMO = ["vit_tiny_demo", "resnet_demo"]
 
 
-def test_registry_matches_the_params_schema() -> None:
-    assert set(BACKBONES) == set(BACKBONE_INPUT_MULTIPLE)
+@pytest.mark.parametrize("name", sorted(zoo.BACKBONES))
+def test_every_zoo_backbone_has_its_family_constructor(name: str) -> None:
+    assert zoo.BACKBONES[name].family in FAMILY_BUILDERS
+    assert "-" not in name  # model names split at the first '-'
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))

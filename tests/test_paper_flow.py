@@ -18,7 +18,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipeline import tracking
+from pipeline import layout, tracking
 from pipeline.cli import app
 from pipeline.errors import PipelineError
 from pipeline.flows import paper
@@ -150,12 +150,17 @@ def test_project_dir(tmp_path: Path) -> None:
         paper.project_dir(tmp_path / "elsewhere")
 
 
+def in_results(name: str) -> str:
+    """A file of the report stage's folder as logged to MLflow: its path in the project."""
+    return (layout.results_dir(Path()) / name).as_posix()
+
+
 def test_outputs_and_figures_logged_to_the_parent(tmp_path: Path) -> None:
-    results = tmp_path / "results"
+    results = layout.results_dir(tmp_path)
     results.mkdir()
     (tmp_path / "params.yaml").write_text("seed: 0\n")
     (results / "report.md").write_text("# report\n")
-    (results / "results.csv").write_text(
+    (results / layout.RESULTS_TABLE).write_text(
         "dataset,backbone,init,label_fraction,seed,best_val_miou,epoch_to_threshold,test_miou\n"
         "landcoverai,resnet_demo,random,1.0,0,0.5,3,0.4\n"
         "landcoverai,resnet_demo,sop,1.0,0,0.7,,0.6\n"
@@ -171,9 +176,9 @@ def test_outputs_and_figures_logged_to_the_parent(tmp_path: Path) -> None:
     logged, metrics = paper.log_outputs(client, run_id, tmp_path)
 
     assert logged == [
-        "results/report.md",
-        "results/results.csv",
-        "results/curves_landcoverai_resnet_demo.png",
+        in_results("report.md"),
+        in_results(layout.RESULTS_TABLE),
+        in_results("curves_landcoverai_resnet_demo.png"),
         "params.yaml",
     ]
     assert metrics == pytest.approx(
@@ -186,11 +191,11 @@ def test_outputs_and_figures_logged_to_the_parent(tmp_path: Path) -> None:
         }
     )
     assert client.get_run(run_id).data.metrics == pytest.approx(metrics)
-    assert [a.path for a in client.list_artifacts(run_id)] == ["params.yaml", "results"]
-    assert sorted(a.path for a in client.list_artifacts(run_id, "results")) == [
-        "results/curves_landcoverai_resnet_demo.png",
-        "results/report.md",
-        "results/results.csv",
+    assert [a.path for a in client.list_artifacts(run_id)] == ["params.yaml", layout.RESULTS_DIR]
+    assert sorted(a.path for a in client.list_artifacts(run_id, layout.RESULTS_DIR)) == [
+        in_results("curves_landcoverai_resnet_demo.png"),
+        in_results("report.md"),
+        in_results(layout.RESULTS_TABLE),
     ]
 
 
@@ -340,7 +345,7 @@ def test_paper_flow_against_mlflow_and_prefect_servers(
     with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
         summary = paper.paper_flow(str(demo), TARGETS)
 
-    assert (demo / "data" / "raw" / "landcoverai" / "source.json").is_file()
+    assert (layout.raw_dir(demo, "landcoverai") / layout.SOURCE_FILE).is_file()
     assert not (demo / "mlflow.db").exists()  # all of it on the server
     assert os.environ["MLFLOW_TRACKING_URI"] == mlflow_tracking_server
     assert tracking.PARENT_RUN_ENV not in os.environ
@@ -559,7 +564,7 @@ def test_paper_deployment_runs_on_a_gpu_pool_worker(prefect_api: str, tmp_path: 
     assert finished.state is not None
     assert finished.state.type.value == "COMPLETED", finished.state
     assert finished.parameters == {"project": "demo", "targets": TARGETS}
-    assert (demo / "data" / "raw" / "landcoverai" / "source.json").is_file()
+    assert (layout.raw_dir(demo, "landcoverai") / layout.SOURCE_FILE).is_file()
     assert not (worker_dir / "demo").exists()
 
     tracked = mlflow.MlflowClient(f"sqlite:///{demo / 'mlflow.db'}")

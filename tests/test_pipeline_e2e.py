@@ -15,9 +15,11 @@ import mlflow
 import pytest
 import yaml
 
+from pipeline import layout
 from pipeline.config import params_from_mapping
 from pipeline.data.store import TileStore
-from pipeline.flows import download_flow, tile_flow
+from pipeline.flows.data import download_flow, tile_flow
+from pipeline.flows.finetune import Cell
 from pipeline.synthetic import SyntheticArchive
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,9 +42,9 @@ def test_download_and_tile_flows(small_archive: SyntheticArchive, tmp_path: Path
     summary = tile_flow("landcoverai", params, tmp_path)
     n_tiles = sum(len(ids) for ids in small_archive.splits.values())
     assert summary["tiles"] == n_tiles
-    tiles = TileStore(tmp_path / "data" / "tiles" / "landcoverai")
+    tiles = TileStore(layout.tiles_dir(tmp_path, "landcoverai"))
     assert len(tiles) == n_tiles
-    assert json.loads((tmp_path / "data/tiles/landcoverai.summary.json").read_text()) == summary
+    assert json.loads(layout.summary_path(tmp_path, "landcoverai").read_text()) == summary
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for stage in ("download", "tile"):
@@ -56,9 +58,10 @@ def test_download_and_tile_flows(small_archive: SyntheticArchive, tmp_path: Path
     assert tile_run.data.tags["data.tile_index_sha256"]
 
     # A rerun finds everything done: same store, untouched.
-    before = (tmp_path / "data/tiles/landcoverai/index.parquet").stat().st_mtime_ns
+    index = layout.tiles_dir(tmp_path, "landcoverai") / "index.parquet"
+    before = index.stat().st_mtime_ns
     tile_flow("landcoverai", params, tmp_path)
-    assert (tmp_path / "data/tiles/landcoverai/index.parquet").stat().st_mtime_ns == before
+    assert index.stat().st_mtime_ns == before
 
 
 def test_wrong_md5_stops_the_download_flow(small_archive: SyntheticArchive, tmp_path: Path) -> None:
@@ -69,7 +72,7 @@ def test_wrong_md5_stops_the_download_flow(small_archive: SyntheticArchive, tmp_
     )
     with pytest.raises(ChecksumError, match=r"data\.sources"):
         download_flow("landcoverai", params, tmp_path)
-    assert not (tmp_path / "data/raw/landcoverai/extracted").exists()
+    assert not (layout.raw_dir(tmp_path, "landcoverai") / "extracted").exists()
 
 
 def dvc(cwd: Path, *args: str) -> str:
@@ -119,17 +122,17 @@ def test_demo_pipeline_with_dvc(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     # One Prefect server for the whole grid: no stage started its own.
     assert (result.stdout + result.stderr).count("Starting temporary server") <= 1
-    store = TileStore(demo / "data" / "tiles" / "landcoverai")
+    store = TileStore(layout.tiles_dir(demo, "landcoverai"))
     assert len(store) > 0
     assert store.meta.label_fractions == (1.0, 0.5, 0.25)
     assert (demo / "mlflow.db").exists()
     assert "up to date" in dvc(demo, "status")
-    summary = json.loads((demo / "data/tiles/landcoverai.summary.json").read_text())
+    summary = json.loads(layout.summary_path(demo, "landcoverai").read_text())
     assert summary["tiles"] == len(store)
     for backbone in params["pretrain"]["backbones"]:
         name = f"{backbone}-56-0.0"  # the demo's one pretext variant
-        assert (demo / "models" / "pretrain" / name / "encoder.safetensors").exists()
-        metrics = json.loads((demo / "metrics" / "pretrain" / f"{name}.json").read_text())
+        assert (layout.pretrain_dir(demo, name) / layout.ENCODER_FILE).exists()
+        metrics = json.loads(layout.pretrain_metrics_path(demo, name).read_text())
         assert metrics["epochs"] == 2
     assert "val_iou" in dvc(demo, "metrics", "show")
     _check_downstream(demo, params)
@@ -174,12 +177,12 @@ def test_demo_pipeline_with_dvc(tmp_path: Path) -> None:
 def _check_downstream(demo: Path, params: dict[str, Any]) -> None:
     """Every model at every fraction: curves, best checkpoint, test metrics, one MLflow run."""
     cells = [
-        f"{model}-{float(fraction)}-s0"
+        Cell("landcoverai", model, float(fraction), 0)
         for model in params["finetune"]["models"]
         for fraction in params["data"]["label_fractions"]
     ]
     assert len(cells) == 6
-    where = Path("landcoverai")
+    results = layout.results_dir(demo)
     client = mlflow.MlflowClient(f"sqlite:///{demo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("sop-demo")
     assert experiment is not None
@@ -191,25 +194,28 @@ def _check_downstream(demo: Path, params: dict[str, Any]) -> None:
     # A child run per DVC stage, named by DVC itself.
     stages = dvc(demo, "stage", "list", "--name-only").split()
     assert sorted(r.data.tags["dvc.stage"] for r in children) == sorted(stages)
-    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "results")}
-    assert {"results/report.md", "results/results.csv"} <= logged
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, layout.RESULTS_DIR)}
+    assert {
+        f"{layout.RESULTS_DIR}/report.md",
+        f"{layout.RESULTS_DIR}/{layout.RESULTS_TABLE}",
+    } <= logged
     assert any(path.endswith(".png") for path in logged)
     assert parent.data.metrics["results.cells"] == len(cells)
     runs = {r.info.run_name: r for r in children if r.data.tags.get("sop.stage") == "finetune"}
     tiles = []
     for cell in cells:
-        record = json.loads((demo / "models/finetune" / where / cell / "run.json").read_text())
-        assert (demo / "models/finetune" / where / cell / "best.safetensors").exists()
-        curve = (demo / "plots/finetune" / where / f"{cell}.csv").read_text().splitlines()
+        record = json.loads((layout.cell_dir(demo, cell) / layout.RUN_FILE).read_text())
+        assert (layout.cell_dir(demo, cell) / layout.BEST_WEIGHTS_FILE).exists()
+        curve = layout.finetune_curve_path(demo, cell).read_text().splitlines()
         assert curve[0].startswith("epoch,train_loss,val_miou")
         assert len(curve) == 1 + 2  # a row per epoch
-        test = json.loads((demo / "metrics/evaluate" / where / f"{cell}.json").read_text())
+        test = json.loads(layout.evaluate_metrics_path(demo, cell).read_text())
         assert test["split"] == "test"
         assert 0.0 <= test["test_miou"] <= 1.0
-        confusion = json.loads((demo / "reports/confusion" / where / f"{cell}.json").read_text())
+        confusion = json.loads(layout.confusion_path(demo, cell, ".json").read_text())
         assert len(confusion["matrix"]) == 5
-        assert (demo / "reports/confusion" / where / f"{cell}.png").read_bytes()[:4] == b"\x89PNG"
-        run = client.get_run(runs[f"landcoverai-{cell}"].info.run_id)
+        assert layout.confusion_path(demo, cell, ".png").read_bytes()[:4] == b"\x89PNG"
+        run = client.get_run(runs[f"landcoverai-{cell.name}"].info.run_id)
         # Evaluate found this run by the weights it evaluated.
         assert run.data.tags["sop.weights_sha256"] == record["weights_sha256"]
         assert (test["init"], test["seed"]) == (record["init"], 0)
@@ -217,28 +223,28 @@ def _check_downstream(demo: Path, params: dict[str, Any]) -> None:
         history = client.get_metric_history(run.info.run_id, "val_miou")
         assert [m.step for m in history] == [1, 2]
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "evaluation")]
-        assert f"evaluation/{cell}.png" in artifacts
+        assert f"evaluation/{cell.name}.png" in artifacts
         tiles.append(record["metrics"]["train_tiles"])
-    results = (demo / "results" / "results.csv").read_text().splitlines()
-    assert len(results) == 1 + len(cells)
+    table = (results / layout.RESULTS_TABLE).read_text().splitlines()
+    assert len(table) == 1 + len(cells)
     # The report, DVC's metrics and MLflow agree on every cell's test mIoU.
     shown = json.loads(dvc(demo, "metrics", "show", "--json"))
     dvc_miou = {
         Path(path).stem: figures["data"]["test_miou"]
         for path, figures in next(iter(shown.values()))["data"].items()
-        if path.startswith("metrics/evaluate/")
+        if Path(path).is_relative_to(layout.evaluate_metrics_dir(Path()))
     }
-    with open(demo / "results" / "results.csv", newline="") as handle:
+    with open(results / layout.RESULTS_TABLE, newline="") as handle:
         for row in csv.DictReader(handle):
             name = Path(row["cell"]).name
             assert float(row["test_miou"]) == pytest.approx(dvc_miou[name], abs=1e-9)
             assert float(row["test_miou"]) == pytest.approx(
                 runs[f"landcoverai-{name}"].data.metrics["test_miou"], abs=1e-6
             )
-    assert results[0].startswith("dataset,backbone,init,label_fraction,seed,best_val_miou")
-    report = (demo / "results" / "report.md").read_text()
+    assert table[0].startswith("dataset,backbone,init,label_fraction,seed,best_val_miou")
+    report = (results / "report.md").read_text()
     assert "SOP reaches equal or better test mIoU" in report
-    assert (demo / "results" / "curves_landcoverai_resnet_demo.png").exists()
+    assert (results / "curves_landcoverai_resnet_demo.png").exists()
     # Fewer labels, fewer tiles; the same subsets for every init.
     assert tiles[:3] == tiles[3:]
     assert tiles[0] > tiles[2]

@@ -17,14 +17,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pipeline import layout
 from pipeline.config import load_params
 from pipeline.data.store import TileStore
-from pipeline.flows.pretrain import checkpoint_root
 from pipeline.models.overlap import create_overlap_model
 from pipeline.train.engine import evaluate, latest_checkpoint
 from pipeline.train.pretrain import OverlapTask, StoreTiles, pretrain_rows
 
 REPO = Path(__file__).resolve().parents[1]
+VARIANT = "resnet_demo-32-0.0"  # the stage's one pretext variant: backbone-subimage-jitter
 pytestmark = pytest.mark.slow
 
 
@@ -39,8 +40,9 @@ def project(
 ) -> Path:
     """A pipeline root whose tile stage is done (the session's store, linked in)."""
     tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "data" / "tiles").mkdir(parents=True)
-    (tmp / "data" / "tiles" / "landcoverai").symlink_to(store)
+    tiles = layout.tiles_dir(tmp, "landcoverai")
+    tiles.parent.mkdir(parents=True)
+    tiles.symlink_to(store)
     (tmp / "params.yaml").write_text(
         f"""seed: 0
 data: {{datasets: [landcoverai]}}
@@ -93,11 +95,11 @@ def finish(process: subprocess.Popen[bytes]) -> str:
 
 
 def outputs(root: Path) -> tuple[dict[str, float], dict[str, object], list[dict[str, str]]]:
-    metrics = json.loads((root / "metrics" / "pretrain" / "resnet_demo-32-0.0.json").read_text())
+    metrics = json.loads(layout.pretrain_metrics_path(root, VARIANT).read_text())
     provenance = json.loads(
-        (root / "models" / "pretrain" / "resnet_demo-32-0.0" / "provenance.json").read_text()
+        (layout.pretrain_dir(root, VARIANT) / layout.PROVENANCE_FILE).read_text()
     )
-    with open(root / "plots" / "pretrain" / "resnet_demo-32-0.0.csv") as handle:
+    with open(layout.pretrain_curve_path(root, VARIANT)) as handle:
         curve = list(csv.DictReader(handle))
     return metrics, provenance, curve
 
@@ -116,14 +118,14 @@ def test_ddp_on_two_cpu_processes_agrees_with_one_process_metrics(
     assert len(curve) == 3
     # Recompute the final validation metrics in this one process from the last checkpoint.
     params = load_params(root / "params.yaml")
-    (folder,) = checkpoint_root(root).glob("pretrain-resnet_demo-32-0.0-*")
+    (folder,) = layout.checkpoint_root(root).glob(f"pretrain-{VARIANT}-*")
     state = latest_checkpoint(folder)
     assert state is not None
     assert (state["world_size"], state["step"]) == (2, 6)  # 8 tiles, batches of 4
     torch.manual_seed(0)
     model = create_overlap_model("resnet_demo", 64, 32)
     model.load_state_dict(state["model"])
-    store = TileStore(root / "data" / "tiles" / "landcoverai")
+    store = TileStore(layout.tiles_dir(root, "landcoverai"))
     _, val_rows = pretrain_rows(store, "all", params.seed)
     assert len(val_rows) >= 2  # a share for each rank
     threads = torch.get_num_threads()
@@ -146,7 +148,7 @@ def test_the_exported_encoder_is_encoder_a_alone(pretext_store: Path, tmp_path: 
     root = project(tmp_path, pretext_store, epochs=1, processes=1)
     finish(stage(root))
     metrics, provenance, curve = outputs(root)
-    weights = load_file(root / "models" / "pretrain" / "resnet_demo-32-0.0" / "encoder.safetensors")
+    weights = load_file(layout.pretrain_dir(root, VARIANT) / layout.ENCODER_FILE)
     encoder = create_overlap_model("resnet_demo", 64, 32).encoder  # type: ignore[union-attr]
     assert set(weights) == set(encoder.state_dict())
     assert not any(k.startswith(("decoder", "subimage_encoder", "project")) for k in weights)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import pytest
 
+from pipeline import layout
 from pipeline.errors import DataError
 from pipeline.report import check_claims, collect, paper_table, write_report
 
@@ -18,6 +20,13 @@ SOP_WINS_MORE_WITH_FEWER_LABELS = {
     "imagenet": {1.0: (0.62, 6), 0.5: (0.52, None), 0.25: (0.41, None)},
     "sop": {1.0: (0.63, 4), 0.5: (0.56, 8), 0.25: (0.47, None)},
 }
+
+
+class Named(NamedTuple):
+    """A cell as the layout names its files (the flows' ``Cell`` has the same two fields)."""
+
+    dataset: str
+    name: str
 
 
 def write_cells(
@@ -32,7 +41,7 @@ def write_cells(
     them (``<dataset>/<backbone>-<init>-<fraction>-s<seed>``)."""
     for init, by_fraction in results.items():
         for fraction, (miou, epoch) in by_fraction.items():
-            cell = f"{backbone}-{init}-{fraction}-s{seed}"
+            cell = Named(dataset, f"{backbone}-{init}-{fraction}-s{seed}")
             identity = {
                 "dataset": dataset,
                 "backbone": backbone,
@@ -40,24 +49,26 @@ def write_cells(
                 "fraction": fraction,
                 "seed": seed,
             }
-            for kind, payload in (
-                ("metrics/finetune", {"best_val_miou": miou + 0.01, "convergence_epoch": epoch}),
+            for path, payload in (
                 (
-                    "metrics/evaluate",
+                    layout.finetune_metrics_path(root, cell),
+                    {"best_val_miou": miou + 0.01, "convergence_epoch": epoch},
+                ),
+                (
+                    layout.evaluate_metrics_path(root, cell),
                     {"test_miou": miou, "test_iou_water": miou + 0.1, "split": split},
                 ),
             ):
-                path = root / kind / dataset / f"{cell}.json"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(identity | payload))
-            curve = root / "plots/finetune" / dataset / f"{cell}.csv"
+            curve = layout.finetune_curve_path(root, cell)
             curve.parent.mkdir(parents=True, exist_ok=True)
             curve.write_text(f"epoch,train_loss,val_miou\n1,1.0,0.3\n2,0.8,{miou}\n")
 
 
 def test_a_metrics_file_without_its_cell_identity_is_a_clear_error(tmp_path: Path) -> None:
     write_cells(tmp_path, {"sop": {1.0: (0.6, 3)}})
-    (path,) = (tmp_path / "metrics/evaluate/landcoverai").glob("*.json")
+    (path,) = (layout.evaluate_metrics_dir(tmp_path) / "landcoverai").glob("*.json")
     path.write_text(json.dumps({"test_miou": 0.6}))
     with pytest.raises(DataError, match="no 'dataset' field"):
         collect(tmp_path)
@@ -152,7 +163,7 @@ def test_report_files_and_the_val_only_note(tmp_path: Path) -> None:
         "resnet50",
         split="val",
     )
-    out = write_report(tmp_path, tmp_path / "results", threshold=0.6)
+    out = write_report(tmp_path, layout.results_dir(tmp_path), threshold=0.6)
     results = pd.read_csv(out["results"])
     assert list(results.columns[:8]) == [
         "dataset",

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import BACKBONE_INPUT_MULTIPLE
 from pipeline.models.backbones import BACKBONES, create_backbone
 from pipeline.models.segmenters import (
     ResNetUNet,
@@ -15,13 +14,14 @@ from pipeline.models.segmenters import (
     create_segmenter,
     evenly_spaced_blocks,
 )
+from pipeline.zoo import input_multiple
 
 SMALL = ["resnet_demo", "vit_tiny_demo"]
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
 def test_the_encoder_has_the_backbones_exact_layout(backbone: str) -> None:
-    size = 2 * BACKBONE_INPUT_MULTIPLE[backbone][1]
+    size = 2 * input_multiple(backbone, pretext=False)
     segmenter = create_segmenter(backbone, 5, size)
     reference = create_backbone(backbone, size).state_dict()
     own = segmenter.encoder.state_dict()
@@ -32,7 +32,7 @@ def test_the_encoder_has_the_backbones_exact_layout(backbone: str) -> None:
 @pytest.mark.parametrize("backbone", SMALL)
 @pytest.mark.parametrize("classes", [2, 7])
 def test_logits_come_at_the_input_resolution(backbone: str, classes: int) -> None:
-    size = 4 * BACKBONE_INPUT_MULTIPLE[backbone][1]
+    size = 4 * input_multiple(backbone, pretext=False)
     segmenter = create_segmenter(backbone, classes, size)
     logits = segmenter(torch.randn(2, 3, size, size))
     assert logits.shape == (2, classes, size, size)

@@ -5,13 +5,12 @@ Three pieces, each measured in ``benchmarks/data_path.py``:
 * :class:`Collate`: stacks equal-shaped arrays with one numpy copy. In a worker the batch goes
   into a ring of shared-memory buffers that the worker reuses, so it reaches the main process
   without a copy and without the page faults of fresh shared memory, which cost more than the
-  copy itself (``torch.stack`` into new memory, torch's default, was ~5x slower than numpy).
+  copy itself (figures: README, Performance).
 * :func:`resize_tile`: a tile to the pretext's source size in the worker (box filter by the
   largest whole factor, then bilinear), so a pretext batch crosses processes and the PCIe bus
   at 224 px instead of 512 px. Within a grey level of torch's antialiased bilinear on average.
 * :class:`Dihedral`: flips and quarter turns as one albumentations transform done by cv2, whose
-  transposes are vectorised; ``np.rot90`` followed by a contiguous copy is a strided gather
-  ten times slower on a 448 px crop.
+  transposes are vectorised (``np.rot90`` and a contiguous copy is a slow strided gather).
 """
 
 from __future__ import annotations

@@ -30,8 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import fraction_column
-from pipeline.data.subsets import membership
+from pipeline.data.subsets import fraction_column, membership
 from pipeline.errors import DataError, DiskFullError
 from pipeline.files import NO_SPACE, atomic_write
 

@@ -15,6 +15,15 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+FRACTION_PREFIX = "in_frac_"
+
+
+def fraction_column(fraction: float) -> str:
+    """Index column marking membership of the ``fraction`` label subset: ``in_frac_0.25``."""
+    if not (0.0 < fraction <= 1.0) or math.isnan(fraction):
+        raise ValueError(f"label fraction must lie in (0, 1], got {fraction}")
+    return f"{FRACTION_PREFIX}{fraction:g}"
+
 
 def class_complete_order(histograms: npt.NDArray[np.int64], seed: int) -> npt.NDArray[np.int64]:
     """A permutation of ``range(n)`` whose every prefix of length >= its cover keeps all classes.

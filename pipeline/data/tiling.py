@@ -25,7 +25,7 @@ import numpy.typing as npt
 import pandas as pd
 from PIL import Image
 
-from pipeline.data import store
+from pipeline.data import store, subsets
 from pipeline.data.store import StoreMeta
 from pipeline.errors import DataError
 from pipeline.files import atomic_write, write_text
@@ -538,7 +538,7 @@ def summarize(index: pd.DataFrame, meta: StoreMeta) -> dict[str, Any]:
         "tiles": len(index),
         "tiles_per_split": {str(k): int(v) for k, v in index["split"].value_counts().items()},
     }
-    fraction_columns = [c for c in index.columns if c.startswith("in_frac_")]
+    fraction_columns = [c for c in index.columns if c.startswith(subsets.FRACTION_PREFIX)]
     if fraction_columns:
         summary["label_subsets"] = {c: int(index[c].sum()) for c in fraction_columns}
     if meta.has_masks:

@@ -15,7 +15,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.task_runners import ProcessPoolTaskRunner
 from tqdm import tqdm
 
-from pipeline import tracking
+from pipeline import layout, tracking, transfer
 from pipeline.config import Params, SourceParams
 from pipeline.data import catalog, download, store, tiling
 from pipeline.data.catalog import RemoteFile
@@ -23,21 +23,7 @@ from pipeline.data.store import StoreMeta
 from pipeline.errors import DataError, DownloadError, TransientDownloadError
 from pipeline.flows.common import api_for_subprocesses, portable_path, tracked_run, write_json
 
-SOURCE_FILE = "source.json"
 RETRY_DELAYS_S = (2.0, 10.0, 30.0, 60.0)
-
-
-def raw_dir(root: Path, dataset: str) -> Path:
-    return root / "data" / "raw" / dataset
-
-
-def tiles_dir(root: Path, dataset: str) -> Path:
-    return root / "data" / "tiles" / dataset
-
-
-def summary_path(root: Path, dataset: str) -> Path:
-    """The tile stage's DVC metrics file (beside the store: DVC forbids outputs inside outputs)."""
-    return root / "data" / "tiles" / f"{dataset}.summary.json"
 
 
 def retry_if_transient(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
@@ -129,12 +115,12 @@ def fetch_archive(location: Location, dest: Path, timeout_s: float, param: str) 
     """A local archive is verified in place (never copied); a URL is downloaded into ``dest``."""
     if location.path is not None:
         if location.path.is_file():
-            download.verify(
+            transfer.verify(
                 location.path, location.md5, f"local archive; set {param}, or its md5 or md5_file"
             )
         return location.path
     assert location.url is not None
-    return download.download(
+    return transfer.download(
         location.url,
         dest / location.remote.filename,
         location.md5,
@@ -159,7 +145,7 @@ def download_flow(dataset: str, params: Params, root: Path) -> Path:
     data = params.data
     info = catalog.get_dataset(dataset, data, root)
     source = data.source(dataset)
-    out = raw_dir(root, dataset)
+    out = layout.raw_dir(root, dataset)
     started = time.perf_counter()
     section: dict[str, Any] = {"data": {"download": data.download.model_dump()}}
     if dataset in data.custom:
@@ -207,7 +193,7 @@ def download_flow(dataset: str, params: Params, root: Path) -> Path:
             ):
                 Path(archive).unlink()
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / SOURCE_FILE, {"dataset": dataset, "sources": extracted})
+        write_json(out / layout.SOURCE_FILE, {"dataset": dataset, "sources": extracted})
         mlflow.log_metric("seconds", time.perf_counter() - started)
         mlflow.log_dict({"sources": extracted}, "sources.json")
         print(f"{dataset}: ready in {out} (MLflow run {run.info.run_id})")
@@ -222,7 +208,7 @@ def tile_scene_task(
 
 
 def _source_folders(raw: Path, root: Path) -> list[Path]:
-    manifest = raw / SOURCE_FILE
+    manifest = raw / layout.SOURCE_FILE
     if not manifest.exists():
         raise DataError(f"{manifest}: missing; run the download stage for this dataset first")
     return [root / s["folder"] for s in json.loads(manifest.read_text())["sources"]]
@@ -234,7 +220,7 @@ def tile_flow(dataset: str, params: Params, root: Path) -> dict[str, Any]:
     data = params.data
     info = catalog.get_dataset(dataset, data, root)
     tiling_params = data.tiling_for(dataset)
-    out = tiles_dir(root, dataset)
+    out = layout.tiles_dir(root, dataset)
     started = time.perf_counter()
     section = {
         "data": {
@@ -251,7 +237,7 @@ def tile_flow(dataset: str, params: Params, root: Path) -> dict[str, Any]:
 
         records = [
             r
-            for folder in _source_folders(raw_dir(root, dataset), root)
+            for folder in _source_folders(layout.raw_dir(root, dataset), root)
             for r in info.scene_records(folder, data)
         ]
         meta = StoreMeta(
@@ -281,7 +267,9 @@ def tile_flow(dataset: str, params: Params, root: Path) -> dict[str, Any]:
             _tile_scenes(build.pending, build.directory, meta, data.workers, dataset)
         index = tiling.finalize_store(plan, out)
         summary = tiling.summarize(index, meta)
-        write_json(summary_path(root, dataset), summary)  # no timing: a DVC metric, the same bytes
+        write_json(
+            layout.summary_path(root, dataset), summary
+        )  # no timing: a DVC metric, the same bytes
         mlflow.set_tag(tracking.TILE_INDEX_TAG, store.index_hash(out))
         mlflow.log_metrics(
             {
@@ -323,35 +311,3 @@ def _tile_scenes(
                 bar.write(f"failed: {scene.record.scene}: {exc}")
     if errors:
         raise errors[0]
-
-
-def md5_file_of(archive: Path) -> Path:
-    """Where the synth stage records its archive's md5 (``data.sources.<dataset>.md5_file``)."""
-    return archive.with_name(archive.name + ".md5")
-
-
-@flow(name="synthesize", flow_run_name="synthesize-{out.name}", log_prints=True)
-def synth_flow(out: Path, params: Params, root: Path) -> Path:
-    """Write the demo's synthetic LandCover.ai-style archive, and its md5 in ``<archive>.md5``."""
-    from pipeline.synthetic import write_archive_from_params
-
-    spec = params.synthetic
-    tile_size = params.data.tiling_for("landcoverai").tile_size
-    with tracked_run(
-        "synthesize",
-        params,
-        root,
-        out.name,
-        {"synthetic": spec.model_dump(), "data": {"tile_size": tile_size}},
-    ):
-        import mlflow
-
-        archive = write_archive_from_params(out, spec, tile_size)
-        # The download stage checks the archive against this record, as against an official md5:
-        # the same code path, and no digest that a drawing library's release could outdate.
-        download.write_md5_file(md5_file_of(archive.path), {archive.path.name: archive.md5})
-        counts = {split: len(ids) for split, ids in archive.splits.items()}
-        mlflow.log_metrics({f"tiles.{k}": v for k, v in counts.items()})
-        mlflow.set_tag("archive.md5", archive.md5)
-    print(f"{archive.path}: {len(archive.scenes)} scenes, tiles {counts}, md5 {archive.md5}")
-    return archive.path

@@ -32,29 +32,25 @@ import numpy.typing as npt
 import torch
 from prefect import flow
 
-from pipeline import tracking
-from pipeline.config import Params, base_init, sop_variant, split_model
+from pipeline import layout, tracking
+from pipeline.config import Params
 from pipeline.data import store as tile_store
-from pipeline.data.download import file_digest
 from pipeline.errors import DataError, ParamsError
 from pipeline.flows.common import (
-    TrainingStage,
-    checkpoint_root,
     portable_path,
-    run_training_stage,
     tracked_run,
     write_json,
 )
-from pipeline.flows.data import tiles_dir
-from pipeline.flows.pretrain import model_dir as pretrain_dir
+from pipeline.flows.training import TrainingStage, run_training_stage
 from pipeline.models.backbones import create_backbone
-from pipeline.models.inits import INITS, init_state, load_init
-from pipeline.models.weights import save_encoder
-from pipeline.train.finetune import BEST_WEIGHTS_FILE, FinetuneJob, evaluate_weights
+from pipeline.models.inits import INITS, init_state, load_init, normalisation_for
+from pipeline.models.weights import WeightsError, save_encoder
+from pipeline.report import plot_confusion
+from pipeline.train.finetune import FinetuneJob, evaluate_weights
 from pipeline.train.jobs import resolve_device, resolve_processes
-from pipeline.train.pretrain import ENCODER_FILE
+from pipeline.transfer import file_digest
+from pipeline.zoo import base_init, sop_variant, split_model
 
-RUN_FILE = "run.json"
 NO_TEST_LABELS = (
     "{dataset} has no labelled test tiles (LoveDA keeps its test labels hidden): evaluated on "
     "the val split, which also selected the best epoch, so the figure is optimistic"
@@ -93,30 +89,6 @@ class Cell:
         }
 
 
-def init_path(root: Path, model: str) -> Path:
-    return root / "models" / "init" / f"{model}.safetensors"
-
-
-def cell_dir(root: Path, cell: Cell) -> Path:
-    return root / "models" / "finetune" / cell.dataset / cell.name
-
-
-def finetune_metrics_path(root: Path, cell: Cell) -> Path:
-    return root / "metrics" / "finetune" / cell.dataset / f"{cell.name}.json"
-
-
-def finetune_curve_path(root: Path, cell: Cell) -> Path:
-    return root / "plots" / "finetune" / cell.dataset / f"{cell.name}.csv"
-
-
-def evaluate_metrics_path(root: Path, cell: Cell) -> Path:
-    return root / "metrics" / "evaluate" / cell.dataset / f"{cell.name}.json"
-
-
-def confusion_path(root: Path, cell: Cell, suffix: str) -> Path:
-    return root / "reports" / "confusion" / cell.dataset / f"{cell.name}{suffix}"
-
-
 # --- what each stage reads (its DVC params; tests/test_dvc_declarations.py holds them equal) --
 
 
@@ -132,7 +104,7 @@ def weights_section(params: Params, model: str) -> dict[str, Any]:
         },
     }
     if base_init(init) == "sop":
-        section["pretrain"] = {"pretext_variant": sop_variant(init, params.pretrain)}
+        section["pretrain"] = {"pretext_variant": sop_variant(init, params.pretrain.main_variant)}
     return section
 
 
@@ -202,10 +174,17 @@ def weights_flow(model: str, params: Params, root: Path) -> dict[str, Any]:
         raise ParamsError(f"finetune.models: {model!r} is not one of {f.models}")
     backbone, init = split_model(model)
     kind = base_init(init)
-    sop_name = f"{backbone}-{sop_variant(init, params.pretrain)}" if kind == "sop" else None
-    sop_encoder = pretrain_dir(root, sop_name or backbone) / ENCODER_FILE
+    sop_name = (
+        f"{backbone}-{sop_variant(init, params.pretrain.main_variant)}" if kind == "sop" else None
+    )
+    sop_encoder = layout.pretrain_dir(root, sop_name or backbone) / layout.ENCODER_FILE
     weights_file = f.weights_file.get(kind)
-    out = init_path(root, model)
+    if sop_name is not None and weights_file is None and not sop_encoder.is_file():
+        raise WeightsError(
+            f"{model}: no pretrained encoder at {sop_encoder}; run its pretrain stage "
+            f"(dvc repro pretrain@{sop_name}) or set finetune.weights_file.sop"
+        )
+    out = layout.init_path(root, model)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tracked_run("weights", params, root, model, weights_section(params, model)):
         import mlflow
@@ -215,7 +194,7 @@ def weights_flow(model: str, params: Params, root: Path) -> dict[str, Any]:
             backbone,
             weights_file=Path(weights_file) if weights_file else None,
             sop_encoder=sop_encoder,
-            cache_dir=root / ".sop" / "weights",
+            cache_dir=layout.weights_cache(root),
             timeout_s=params.data.download.timeout_s,
             progress=params.compute.progress,
         )
@@ -224,7 +203,7 @@ def weights_flow(model: str, params: Params, root: Path) -> dict[str, Any]:
         encoder = create_backbone(backbone, f.input_size)
         report = None if state is None else load_init(encoder, backbone, state, source)
         save_encoder(encoder, out, {"init": init, "backbone": backbone})
-        own = INITS[kind].normalisation
+        own = normalisation_for(kind, "own")
         provenance = {
             "model": model,
             "init": init,
@@ -240,7 +219,7 @@ def weights_flow(model: str, params: Params, root: Path) -> dict[str, Any]:
         }
         if sop_name is not None:
             provenance["pretrain_provenance"] = _read_json(
-                pretrain_dir(root, sop_name) / "provenance.json"
+                layout.pretrain_dir(root, sop_name) / layout.PROVENANCE_FILE
             )
         write_json(out.with_suffix(".json"), provenance)
         mlflow.log_dict(provenance, "weights.json")
@@ -293,10 +272,10 @@ def finetune_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
     """Fine-tune the cell's backbone from its init on its fraction of the training labels."""
     _check_cell(params, cell)
     f = params.finetune
-    tiles = tiles_dir(root, cell.dataset)
+    tiles = layout.tiles_dir(root, cell.dataset)
     if not (tiles / tile_store.INDEX_FILE).exists():
         raise DataError(f"{tiles}: no tile store; run the tile stage for {cell.dataset} first")
-    weights = init_path(root, cell.model)
+    weights = layout.init_path(root, cell.model)
     if not weights.exists():
         raise DataError(
             f"{weights}: no starting weights; run `dvc repro weights@{cell.model}` first"
@@ -304,28 +283,28 @@ def finetune_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
     index_sha256 = tile_store.index_hash(tiles)
     weights_sha256 = file_digest(weights, "sha256")
     key = finetune_fingerprint(params, cell, index_sha256, weights_sha256)
-    out = cell_dir(root, cell)
+    out = layout.cell_dir(root, cell)
     run_name = f"{cell.dataset}-{cell.name}"
     stage = TrainingStage(
         "finetune", run_name, finetune_section(params, cell), index_sha256,
-        checkpoint_root(root) / f"finetune-{cell.dataset}-{cell.name}-{key}", out,
-        finetune_curve_path(root, cell),
+        layout.checkpoint_root(root) / f"finetune-{cell.dataset}-{cell.name}-{key}", out,
+        layout.finetune_curve_path(root, cell),
     )  # fmt: skip
 
-    def job_for(params_file: Path, tracking_uri: str, run_id: str) -> FinetuneJob:
+    def job_for(tracking_uri: str, run_id: str) -> FinetuneJob:
         return FinetuneJob(
-            params_file, cell.backbone, cell.init, float(cell.fraction), cell.seed, weights,
+            params, cell.backbone, cell.init, float(cell.fraction), cell.seed, weights,
             tiles, out, stage.checkpoints, tracking_uri, run_id,
         )  # fmt: skip
 
     def outputs(result: dict[str, Any]) -> tuple[dict[str, Any], list[Path]]:
         metrics = finetune_metrics(cell, f.convergence_threshold, result)
-        best_sha256 = file_digest(out / BEST_WEIGHTS_FILE, "sha256")
+        best_sha256 = file_digest(out / layout.BEST_WEIGHTS_FILE, "sha256")
         run_record = {
             "cell": cell.name,
             "model": cell.model,
             **cell.identity(),
-            "weights": BEST_WEIGHTS_FILE,
+            "weights": layout.BEST_WEIGHTS_FILE,
             "weights_sha256": best_sha256,
             "init_weights_sha256": weights_sha256,
             "tile_index_sha256": index_sha256,
@@ -336,9 +315,9 @@ def finetune_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
 
         # The evaluate stage finds this run by the weights it evaluates.
         mlflow.set_tag(tracking.WEIGHTS_TAG, best_sha256)
-        write_json(out / RUN_FILE, run_record)
-        write_json(finetune_metrics_path(root, cell), metrics)
-        return metrics, [out / RUN_FILE]
+        write_json(out / layout.RUN_FILE, run_record)
+        write_json(layout.finetune_metrics_path(root, cell), metrics)
+        return metrics, [out / layout.RUN_FILE]
 
     metrics = run_training_stage(stage, params, root, resolve_processes(params), job_for, outputs)
     converged = metrics["convergence_epoch"]
@@ -375,11 +354,13 @@ def evaluate_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
     """The best-validation checkpoint of a cell on the test split, whole tiles."""
     _check_cell(params, cell)
     f = params.finetune
-    out = cell_dir(root, cell)
-    if not (out / RUN_FILE).exists():
-        raise DataError(f"{out / RUN_FILE}: not fine-tuned yet; run the finetune stage first")
-    record = json.loads((out / RUN_FILE).read_text())
-    tiles = tiles_dir(root, cell.dataset)
+    out = layout.cell_dir(root, cell)
+    if not (out / layout.RUN_FILE).exists():
+        raise DataError(
+            f"{out / layout.RUN_FILE}: not fine-tuned yet; run the finetune stage first"
+        )
+    record = json.loads((out / layout.RUN_FILE).read_text())
+    tiles = layout.tiles_dir(root, cell.dataset)
     store = tile_store.TileStore(tiles)
     meta = store.meta
     split, rows, note = evaluation_rows(store, cell.dataset)
@@ -396,7 +377,7 @@ def evaluate_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
 
         device = torch.device(resolve_device(params))
         evaluation = evaluate_weights(
-            store, rows, cell.backbone, cell.init, out / BEST_WEIGHTS_FILE, f, device
+            store, rows, cell.backbone, cell.init, out / layout.BEST_WEIGHTS_FILE, f, device
         )
         matrix, figures = evaluation.matrix, evaluation.figures
         metrics: dict[str, Any] = {
@@ -419,11 +400,11 @@ def evaluate_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
             "columns": "predicted class",
             "matrix": matrix.tolist(),
         }
-        write_json(evaluate_metrics_path(root, cell), metrics)
-        json_file = confusion_path(root, cell, ".json")
-        png_file = confusion_path(root, cell, ".png")
+        write_json(layout.evaluate_metrics_path(root, cell), metrics)
+        json_file = layout.confusion_path(root, cell, ".json")
+        png_file = layout.confusion_path(root, cell, ".png")
         write_json(json_file, confusion)
-        plot_confusion(matrix, meta.class_names, png_file, title=f"{run_name} ({split})")
+        plot_confusion(matrix.numpy(), meta.class_names, png_file, title=f"{run_name} ({split})")
         numbers = {k: float(v) for k, v in figures.items() if v == v}  # NaN: class absent
         mlflow.log_metrics(numbers)
         mlflow.log_artifact(str(json_file))
@@ -468,41 +449,3 @@ def _add_to_finetune_run(
     client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()], tags=tags)
     for path in files:
         client.log_artifact(run_id, str(path), artifact_path="evaluation")
-
-
-def plot_confusion(
-    matrix: torch.Tensor, class_names: tuple[str, ...], path: Path, title: str
-) -> None:
-    """A row-normalised heatmap (each true class sums to 100%), counts' shares annotated."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    counts = matrix.double()
-    shares = counts / counts.sum(1, keepdim=True).clamp(min=1)
-    n = len(class_names)
-    figure, axes = plt.subplots(figsize=(1.2 * n + 2.5, 1.1 * n + 2))
-    image = axes.imshow(shares.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
-    axes.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right")
-    axes.set_yticks(range(n), labels=list(class_names))
-    axes.set_xlabel("predicted class")
-    axes.set_ylabel("true class")
-    axes.set_title(title, fontsize=9)
-    for i in range(n):
-        for j in range(n):
-            value = float(shares[i, j])
-            axes.text(
-                j,
-                i,
-                f"{100 * value:.0f}%",
-                ha="center",
-                va="center",
-                color="white" if value > 0.5 else "black",
-                fontsize=8,
-            )
-    figure.colorbar(image, ax=axes, fraction=0.046, label="share of the true class")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)

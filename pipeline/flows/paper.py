@@ -21,16 +21,13 @@ from typing import Any
 
 from prefect import flow
 
-from pipeline import tracking
+from pipeline import layout, tracking
 from pipeline.config import load_params
 from pipeline.env import apply_env_defaults
 from pipeline.errors import PipelineError
 from pipeline.flows.common import api_for_subprocesses
 from pipeline.stagehost import HOST_ENV, stage_host
 
-PARAMS_FILE = "params.yaml"
-DVC_FILE = "dvc.yaml"
-RESULTS_DIR = "results"
 CHECKOUT_ENV = "SOP_CHECKOUT"
 DEFAULT_CHECKOUT = "/work"  # where the Dockerfile's image expects the project
 
@@ -40,11 +37,13 @@ def project_dir(project: str | Path) -> Path:
     path = Path(project).expanduser().resolve()
     if path.is_file():
         path = path.parent
-    missing = [name for name in (PARAMS_FILE, DVC_FILE) if not (path / name).is_file()]
+    missing = [
+        name for name in (layout.PARAMS_FILE, layout.DVC_FILE) if not (path / name).is_file()
+    ]
     if missing:
         raise PipelineError(
             f"{path}: no {' or '.join(missing)}; the project is the folder that holds "
-            f"{PARAMS_FILE} and {DVC_FILE} (the repository, or demo/)"
+            f"{layout.PARAMS_FILE} and {layout.DVC_FILE} (the repository, or demo/)"
         )
     return path
 
@@ -118,12 +117,12 @@ def results_metrics(table: Path) -> dict[str, float]:
 
 def report_files(root: Path) -> list[Path]:
     """What of the report stage's outputs exists, and the project's params file."""
-    results = root / RESULTS_DIR
+    results = layout.results_dir(root)
     candidates = [
         results / "report.md",
-        results / "results.csv",
+        results / layout.RESULTS_TABLE,
         *sorted(results.glob("*.png")),
-        root / PARAMS_FILE,
+        root / layout.PARAMS_FILE,
     ]
     return [path for path in candidates if path.is_file()]
 
@@ -137,7 +136,7 @@ def log_outputs(client: Any, run_id: str, root: Path) -> tuple[list[str], dict[s
         folder = relative.parent.as_posix()
         client.log_artifact(run_id, str(path), None if folder == "." else folder)
         logged.append(relative.as_posix())
-    table = root / RESULTS_DIR / "results.csv"
+    table = layout.results_dir(root) / layout.RESULTS_TABLE
     metrics = results_metrics(table) if table.is_file() else {}
     for key, value in metrics.items():
         client.log_metric(run_id, key, value)
@@ -184,7 +183,7 @@ def paper_flow(
     """
     root = project_dir(project)
     apply_env_defaults(root)
-    params = load_params(root / PARAMS_FILE)
+    params = load_params(root / layout.PARAMS_FILE)
     chosen: Sequence[str] = list(targets or [])
     uri = tracking.tracking_uri(root)
     import mlflow
@@ -195,7 +194,7 @@ def paper_flow(
         ) as run,
         api_for_subprocesses(),
         # One started before this flow (``sop repro``) serves it.
-        stage_host(root / ".sop", mlflow_uri=uri)
+        stage_host(layout.state_dir(root), mlflow_uri=uri)
         if warm and not os.environ.get(HOST_ENV)
         else nullcontext(),
     ):

@@ -25,40 +25,26 @@ from typing import Any
 
 from prefect import flow
 
-from pipeline.config import Params, pretext_variant
+from pipeline import layout
+from pipeline.config import Params
 from pipeline.data import store
-from pipeline.data.download import file_digest
 from pipeline.errors import DataError
 from pipeline.flows.common import (
-    TrainingStage,
-    checkpoint_root,
-    run_training_stage,
     write_json,
 )
-from pipeline.flows.data import tiles_dir
+from pipeline.flows.training import TrainingStage, run_training_stage
 from pipeline.models.backbones import BACKBONES
 from pipeline.train.jobs import resolve_processes
-from pipeline.train.pretrain import ENCODER_FILE, PretrainJob
+from pipeline.train.pretrain import PretrainJob
+from pipeline.transfer import file_digest
+from pipeline.zoo import pretext_variant
 
-PROVENANCE_FILE = "provenance.json"
 KEPT_ENCODER = {"vit": "the ViT backbone", "resnet": "encoder A (source)"}
 
 
 def pretrain_name(backbone: str, subimage_size: int, color_jitter: float) -> str:
     """``vits14-112-0.0``: the stage's matrix item and the name of its outputs."""
     return f"{backbone}-{pretext_variant(subimage_size, color_jitter)}"
-
-
-def model_dir(root: Path, name: str) -> Path:
-    return root / "models" / "pretrain" / name
-
-
-def metrics_path(root: Path, name: str) -> Path:
-    return root / "metrics" / "pretrain" / f"{name}.json"
-
-
-def curve_path(root: Path, name: str) -> Path:
-    return root / "plots" / "pretrain" / f"{name}.csv"
 
 
 def section_for(params: Params, backbone: str) -> dict[str, Any]:
@@ -110,29 +96,28 @@ def pretrain_flow(
         raise DataError(
             f"pretrain.dataset: {dataset!r} is not in data.datasets {params.data.datasets}"
         )
-    tiles = tiles_dir(root, dataset)
+    tiles = layout.tiles_dir(root, dataset)
     if not (tiles / store.INDEX_FILE).exists():
         raise DataError(f"{tiles}: no tile store; run the tile stage for {dataset} first")
     index_sha256 = store.index_hash(tiles)
     key = fingerprint(params, backbone, index_sha256)
-    out = model_dir(root, name)
+    out = layout.pretrain_dir(root, name)
     stage = TrainingStage(
         "pretrain", name, section_for(params, backbone), index_sha256,
-        checkpoint_root(root) / f"pretrain-{name}-{key}", out, curve_path(root, name),
+        layout.checkpoint_root(root) / f"pretrain-{name}-{key}", out,
+        layout.pretrain_curve_path(root, name),
     )  # fmt: skip
 
-    def job_for(params_file: Path, tracking_uri: str, run_id: str) -> PretrainJob:
-        return PretrainJob(
-            params_file, backbone, tiles, out, stage.checkpoints, tracking_uri, run_id
-        )
+    def job_for(tracking_uri: str, run_id: str) -> PretrainJob:
+        return PretrainJob(params, backbone, tiles, out, stage.checkpoints, tracking_uri, run_id)
 
     def outputs(result: dict[str, Any]) -> tuple[dict[str, Any], list[Path]]:
         final = result["history"][-1]
         provenance = {
             "backbone": backbone,
             "pretext_variant": pretext_variant(subimage_size, color_jitter),
-            "encoder": ENCODER_FILE,
-            "encoder_sha256": file_digest(out / ENCODER_FILE, "sha256"),
+            "encoder": layout.ENCODER_FILE,
+            "encoder_sha256": file_digest(out / layout.ENCODER_FILE, "sha256"),
             "kept": KEPT_ENCODER[BACKBONES[backbone].family],
             "params": section_for(params, backbone),
             "dataset": dataset,
@@ -140,17 +125,17 @@ def pretrain_flow(
             "final": final,
             **{k: result[k] for k in ("steps", "train_tiles", "val_tiles", "starting_weights")},
         }
-        write_json(out / PROVENANCE_FILE, provenance)
+        write_json(out / layout.PROVENANCE_FILE, provenance)
         metrics = {
             **{k: round(v, 4) for k, v in final.items() if k != "epoch"},
             "epochs": int(final["epoch"]),
         }
-        write_json(metrics_path(root, name), metrics)
-        return metrics, [out / PROVENANCE_FILE]
+        write_json(layout.pretrain_metrics_path(root, name), metrics)
+        return metrics, [out / layout.PROVENANCE_FILE]
 
     metrics = run_training_stage(stage, params, root, resolve_processes(params), job_for, outputs)
     print(
         f"{name}: val IoU {metrics['val_iou']:.3f}, box IoU {metrics['val_box_iou']:.3f}, "
-        f"centred-box baseline {metrics['baseline_iou']:.3f} -> {out / ENCODER_FILE}"
+        f"centred-box baseline {metrics['baseline_iou']:.3f} -> {out / layout.ENCODER_FILE}"
     )
     return metrics

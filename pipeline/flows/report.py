@@ -7,13 +7,10 @@ from typing import Any
 
 from prefect import flow
 
+from pipeline import layout
 from pipeline.config import Params
 from pipeline.flows.common import tracked_run
 from pipeline.report import write_report
-
-
-def results_dir(root: Path) -> Path:
-    return root / "results"
 
 
 def report_section(params: Params) -> dict[str, Any]:
@@ -24,7 +21,7 @@ def report_section(params: Params) -> dict[str, Any]:
 @flow(name="report", flow_run_name="report", log_prints=True)
 def report_flow(params: Params, root: Path) -> dict[str, Path]:
     """Collect every evaluated cell under ``root`` into results/ and log it to MLflow."""
-    out = results_dir(root)
+    out = layout.results_dir(root)
     with tracked_run("report", params, root, "report", report_section(params)):
         import mlflow
 

@@ -10,19 +10,14 @@ project's own pretrain output. Offline, every published init takes a local copy 
 
 from __future__ import annotations
 
-import re
 import time
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Literal
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from pipeline.config import INIT_BACKBONES
-from pipeline.data.download import download, file_digest
 from pipeline.errors import ChecksumError, DownloadError, TransientDownloadError
 from pipeline.models.backbones import BACKBONES
 from pipeline.models.weights import (
@@ -33,17 +28,18 @@ from pipeline.models.weights import (
     published_state,
     read_state_dict,
 )
+from pipeline.transfer import download, file_digest
+from pipeline.zoo import INITS, Init
+
+__all__ = ["INITS", "NORMALISATIONS", "Normalisation", "init_state", "load_init"]
 
 Triple = tuple[float, float, float]
-InitKind = Literal["random", "sop", "timm", "url"]
 
 IMAGENET_MEAN: Triple = (0.485, 0.456, 0.406)
 IMAGENET_STD: Triple = (0.229, 0.224, 0.225)
 # SeCo's Sentinel-2 RGB quantiles (B4, B3, B2): torchgeo's _seco_transforms.
 SECO_MIN: Triple = (3.0, 2.0, 0.0)
 SECO_MAX: Triple = (88.0, 103.0, 129.0)
-# torch.hub: the hex digits after the last "-" of the file name before its suffix (8 here).
-SHA256_PREFIX = re.compile(r"-([0-9a-f]{8,64})$")
 
 
 def _triple(value: float | Sequence[float]) -> Triple:
@@ -119,128 +115,20 @@ SSL4EO = Normalisation.raw().then(0.0, 10000.0)  # reflectance units: x/10000
 SATLAS = Normalisation.raw().then(0.0, 255.0)  # x/255
 
 
-@dataclass(frozen=True)
-class InitSpec:
-    """One initialisation: its source, the backbones it exists for, its own normalisation."""
-
-    name: str
-    kind: InitKind
-    backbones: tuple[str, ...]
-    normalisation: Normalisation
-    description: str
-    timm_name: str | None = None  # kind "timm": the hub name, architecture.tag
-    url: str | None = None  # kind "url": pinned (revision in the path, sha256 prefix in the name)
-
-    def __post_init__(self) -> None:
-        if (self.kind == "timm") != (self.timm_name is not None):
-            raise ValueError(f"{self.name}: a timm name goes with kind 'timm' only")
-        if (self.kind == "url") != (self.url is not None):
-            raise ValueError(f"{self.name}: a URL goes with kind 'url' only")
-        if self.url is not None and self.sha256_prefix is None:
-            raise ValueError(f"{self.name}: {self.url} has no '-<8 hex digits>' before its suffix")
-
-    @property
-    def param(self) -> str:
-        """The parameter that points this init at a local copy of its weights."""
-        return f"finetune.weights_file.{self.name}"
-
-    @property
-    def file_name(self) -> str | None:
-        """The pinned file's name, also its name in the cache."""
-        if self.url is None:
-            return None
-        return PurePosixPath(urllib.parse.urlparse(self.url).path).name
-
-    @property
-    def sha256_prefix(self) -> str | None:
-        """The first 8 hex digits of the file's SHA-256: the name's part after its last '-'."""
-        name = self.file_name
-        if name is None:
-            return None
-        match = SHA256_PREFIX.search(PurePosixPath(name).stem)
-        return match.group(1) if match else None
-
-
-INITS: dict[str, InitSpec] = {
-    spec.name: spec
-    for spec in (
-        InitSpec(
-            "random",
-            "random",
-            INIT_BACKBONES["random"],
-            IMAGENET,
-            "random weights (timm's initialisation)",
-        ),
-        InitSpec(
-            "sop",
-            "sop",
-            INIT_BACKBONES["sop"],
-            IMAGENET,  # the pretext normalises with ImageNet statistics (train/pretrain.py)
-            "this project's subimage overlap pretraining (the pretrain stage's kept encoder)",
-        ),
-        InitSpec(
-            "imagenet",
-            "timm",
-            INIT_BACKBONES["imagenet"],
-            IMAGENET,
-            "ImageNet-1k supervised, torchvision's original weights",
-            timm_name="resnet50.tv_in1k",
-        ),
-        InitSpec(
-            "lvd142m",
-            "timm",
-            INIT_BACKBONES["lvd142m"],
-            IMAGENET,
-            "DINOv2 on LVD-142M",
-            timm_name="vit_small_patch14_dinov2.lvd142m",
-        ),
-        InitSpec(
-            "gassl",
-            "url",
-            INIT_BACKBONES["gassl"],
-            IMAGENET,
-            "GASSL (geography-aware MoCo) on fMoW RGB, torchgeo's copy",
-            url="https://hf.co/torchgeo/resnet50_fmow_rgb_gassl/resolve/"
-            "fe8a91026cf9104f1e884316b8e8772d7af9052c/resnet50_fmow_rgb_gassl-da43d987.pth",
-        ),
-        InitSpec(
-            "seco",
-            "url",
-            INIT_BACKBONES["seco"],
-            SECO,
-            "SeCo (seasonal contrast) on Sentinel-2 RGB, torchgeo's copy",
-            url="https://hf.co/torchgeo/resnet50_sentinel2_rgb_seco/resolve/"
-            "fbd07b02a8edb8fc1035f7957160deed4321c145/resnet50_sentinel2_rgb_seco-018bf397.pth",
-        ),
-        InitSpec(
-            "ssl4eo",
-            "url",
-            INIT_BACKBONES["ssl4eo"],
-            SSL4EO,
-            "SSL4EO-S12 MoCo on Sentinel-2 RGB, torchgeo's copy",
-            url="https://hf.co/torchgeo/resnet50_sentinel2_rgb_moco/resolve/"
-            "efd9723b59a88e9dc1420dc1e96afb25b0630a3c/resnet50_sentinel2_rgb_moco-2b57ba8b.pth",
-        ),
-        InitSpec(
-            "satlas",
-            "url",
-            INIT_BACKBONES["satlas"],
-            SATLAS,
-            "SatlasPretrain, Sentinel-2 single-image RGB, torchgeo's copy",
-            url="https://hf.co/torchgeo/satlas/resolve/"
-            "081d6607431bf36bdb59c223777cbb267131b8f2/sentinel2_resnet50_si_rgb-45fc6972.pth",
-        ),
-    )
+# The zoo's normalisation names -> their maps.
+NORMALISATIONS: dict[str, Normalisation] = {
+    "imagenet": IMAGENET,
+    "seco": SECO,
+    "ssl4eo": SSL4EO,
+    "satlas": SATLAS,
 }
-assert set(INITS) == set(INIT_BACKBONES), "an init without a spec, or a spec without an init"
-assert all(set(spec.backbones) <= set(BACKBONES) for spec in INITS.values())
 
 
 class WeightsChecksumError(WeightsError, ChecksumError):
     """A weights file is not the pinned one (a ChecksumError, so download sets it aside)."""
 
 
-def _spec(init: str) -> InitSpec:
+def _spec(init: str) -> Init:
     try:
         return INITS[init]
     except KeyError:
@@ -250,7 +138,7 @@ def _spec(init: str) -> InitSpec:
 def normalisation_for(init: str, choice: str) -> Normalisation:
     """``finetune.normalisation.<init>``: the init's own pretraining map, or ImageNet's."""
     if choice == "own":
-        return _spec(init).normalisation
+        return NORMALISATIONS[_spec(init).normalisation]
     if choice == "imagenet":
         _spec(init)
         return IMAGENET
@@ -264,7 +152,7 @@ def _sha256_mismatch(path: Path, expected: str, progress: bool) -> str | None:
 
 
 def fetch(
-    spec: InitSpec,
+    spec: Init,
     cache_dir: Path,
     timeout_s: float = 60.0,
     progress: bool = True,
@@ -315,16 +203,11 @@ def fetch(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _read_local(spec: InitSpec, path: Path) -> dict[str, Tensor]:
+def _read_local(spec: Init, path: Path) -> dict[str, Tensor]:
     try:
         return read_state_dict(path)
     except WeightsError as exc:
         raise WeightsError(f"{spec.param}: {exc}") from None
-
-
-def _stage_item(sop_encoder: Path | None, backbone: str) -> str:
-    """The pretrain stage's matrix item: the encoder's folder name."""
-    return sop_encoder.parent.name if sop_encoder is not None else backbone
 
 
 def init_state(
@@ -355,8 +238,7 @@ def init_state(
             return _read_local(spec, weights_file), f"sop: {weights_file}"
         if sop_encoder is None or not sop_encoder.is_file():
             raise WeightsError(
-                f"sop: no pretrained encoder for {backbone} at {sop_encoder}; run the pretrain "
-                f"stage for it (dvc repro pretrain@{_stage_item(sop_encoder, backbone)}) or set "
+                f"sop: no pretrained encoder for {backbone} at {sop_encoder}; pretrain one or set "
                 f"{spec.param}"
             )
         return read_state_dict(sop_encoder), f"sop: {sop_encoder}"

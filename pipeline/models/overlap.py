@@ -63,8 +63,8 @@ class ViTOverlapModel(nn.Module):
         self.sep_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.segment_embed = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.trunc_normal_(self.sep_token, std=0.02)
-        # A segment marker as large as the tokens themselves: at 0.02 it was measured to leave
-        # a random-init model unable to tell the two images apart for hundreds of steps.
+        # A segment marker as large as the tokens themselves: a small one leaves a random-init
+        # model unable to tell the two images apart for hundreds of steps.
         nn.init.trunc_normal_(self.segment_embed, std=1.0, a=-2.0, b=2.0)
         self.decoder = MaskDecoder(dim, decoder_channels)
         _mimetic_attention_init(encoder)

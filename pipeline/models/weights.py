@@ -23,8 +23,6 @@ from pipeline.errors import PipelineError
 from pipeline.files import atomic_write
 from pipeline.models.backbones import BACKBONES
 
-# The published pretext starting points (README, "Pretraining").
-PUBLISHED_TAG = {"vits14": "lvd142m", "resnet50": "tv_in1k"}
 CONTAINER_KEYS = ("state_dict", "model", "module", "teacher")
 
 
@@ -139,7 +137,7 @@ def load_starting_weights(
         return load_into(encoder, state, str(weights_file))
     if init == "none":
         return None
-    tag = PUBLISHED_TAG.get(backbone)
+    tag = spec.published_tag  # the published pretext starting point (README, "Pretraining")
     if tag is None:
         raise WeightsError(
             f"{backbone}: no published weights; set {param}.init: none "
@@ -160,7 +158,7 @@ def save_encoder(encoder: nn.Module, path: Path, metadata: Mapping[str, str] | N
 
 def with_sorted_metadata(blob: bytes) -> bytes:
     """safetensors writes its metadata from a hash map, in an order that changes from process
-    to process: sorted, the same weights are the same bytes (DVC hashes them in dvc.lock)."""
+    to process: sorted, the same weights are the same bytes (content hashes stay put)."""
     size = int.from_bytes(blob[:8], "little")
     header = json.loads(blob[8 : 8 + size])
     if "__metadata__" not in header:

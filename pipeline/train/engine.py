@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import random
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -33,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -46,6 +43,7 @@ from pipeline.faults import failpoint
 from pipeline.files import atomic_write, write_text
 from pipeline.train import distributed
 from pipeline.train.distributed import Distributed
+from pipeline.train.seeds import epoch_rng, seed_worker, step_generator, stream_seed
 
 CHECKPOINT_GLOB = "step-*.pt"
 BEST_FILE = "best.pt"
@@ -183,7 +181,7 @@ class EpochOrder(Sampler[int]):
     ) -> None:
         per_rank = batch_size // context.world_size
         batches = n // batch_size
-        order = np.random.default_rng([seed, epoch]).permutation(n)[: batches * batch_size]
+        order = epoch_rng(seed, epoch).permutation(n)[: batches * batch_size]
         mine = order.reshape(batches, batch_size)[
             start_batch:, context.rank * per_rank : (context.rank + 1) * per_rank
         ]
@@ -207,32 +205,6 @@ class Indexed(Dataset[tuple[int, Any]]):
 
     def __getitem__(self, index: int) -> tuple[int, Any]:
         return index, self.dataset[index]
-
-
-def step_generator(seed: int, step: int, device: torch.device, rank: int = 0) -> torch.Generator:
-    """The task's randomness for one step: independent of where a run was resumed."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 1009 + rank)
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader workers: numpy and random follow torch's per-worker seed (augmentations)."""
-    _forget_inherited_thread_exit_hooks()
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)  # noqa: NPY002 - the global state is what third-party code reads
-    random.seed(seed)
-
-
-def _forget_inherited_thread_exit_hooks() -> None:
-    """Drop the parent's ``threading`` exit hooks in a forked worker.
-
-    Prefect's background services register one per process; after a fork, Prefect resets the
-    service but not the hook, which then fails an assertion as the worker exits, so every
-    worker of a loader created after a flow has run (every stage's) ends with exit code 1 and
-    torch aborts the epoch. A worker has nothing of the parent's to drain.
-    """
-    hooks = getattr(threading, "_threading_atexits", None)
-    if isinstance(hooks, list):
-        hooks.clear()
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -472,7 +444,7 @@ def _epoch_loader(loop: _Loop, train_set: Dataset[Any], epoch: int, offset: int)
         sampler=EpochOrder(loop.samples, s.seed, epoch, s.batch_size, offset, context),
         num_workers=s.num_workers,
         worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed((s.seed * 1_000_003 + epoch) * 1009 + context.rank),
+        generator=torch.Generator().manual_seed(stream_seed(s.seed, epoch, context.rank)),
         pin_memory=loop.device.type == "cuda",
         collate_fn=Collate.for_prefetch(PREFETCH_BATCHES),
         prefetch_factor=PREFETCH_BATCHES if s.num_workers else None,

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.config import FinetuneParams, base_init, load_params
+from pipeline import layout
+from pipeline.config import FinetuneParams, Params
 from pipeline.data.loaders import Dihedral
 from pipeline.data.store import StoreMeta, TileStore
 from pipeline.errors import DataError, ParamsError
@@ -44,23 +45,16 @@ from pipeline.train.jobs import (
     epoch_logger,
     peak_memory_mb,
 )
+from pipeline.train.seeds import sample_seed
 from pipeline.train.segmentation_metrics import (
     classes_in_mean,
     confusion_matrix,
     iou_per_class,
     mean_iou,
 )
+from pipeline.zoo import base_init
 
-BEST_WEIGHTS_FILE = "best.safetensors"
 IGNORE_NOTHING = -100  # F.cross_entropy's default: no label equals it
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 32-bit seed per (run seed, epoch, sample): splitmix-style mixing, no collisions nearby."""
-    value = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index) & (2**64 - 1)
-    value ^= value >> 31
-    value = (value * 0x94D049BB133111EB) & (2**64 - 1)
-    return (value ^ (value >> 29)) & 0xFFFFFFFF
 
 
 def training_augmentation(crop: int, flips: bool, rot90: bool) -> A.Compose:
@@ -255,7 +249,7 @@ def convergence_epoch(
 
 @dataclass(frozen=True)
 class FinetuneJob(JobFile):
-    params_file: Path
+    params: Params  # the resolved params, as the flow saw them
     backbone: str
     init: str
     fraction: float
@@ -273,7 +267,7 @@ class FinetuneJob(JobFile):
 
 def run_finetune(job: FinetuneJob) -> dict[str, Any]:
     """Fine-tune a segmenter from the job's init on its label fraction; keep the best epoch."""
-    params = load_params(job.params_file)
+    params = job.params
     f = params.finetune
     context = distributed.from_environment()
     store = TileStore(job.store_dir)
@@ -335,7 +329,7 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
         job.out_dir.mkdir(parents=True, exist_ok=True)
         best = load_best(job.checkpoint_dir)
         model.load_state_dict(best["model"])
-        save_encoder(model, job.out_dir / BEST_WEIGHTS_FILE, {"epoch": str(best["epoch"])})
+        save_encoder(model, job.out_dir / layout.BEST_WEIGHTS_FILE, {"epoch": str(best["epoch"])})
         write_text(job.out_dir / RESULT_FILE, json.dumps(summary, indent=2))
     distributed.barrier(context)
     return summary

@@ -21,13 +21,14 @@ from pipeline.errors import ParamsError
 from pipeline.train.engine import EngineSettings
 
 RESULT_FILE = "result.json"
-_PATH_FIELDS = ("params_file", "store_dir", "out_dir", "checkpoint_dir", "init_weights")
+_PATH_FIELDS = ("store_dir", "out_dir", "checkpoint_dir", "init_weights")
 JOB_KINDS: dict[str, type[JobFile]] = {}
 
 
 class JobFile:
-    """A job as JSON, tagged with its kind, for ``python -m pipeline.train.launch``; each
-    subclass is a kind (``JOB_KINDS``), named by its class."""
+    """A job as JSON, tagged with its kind, for ``python -m pipeline.train.launch``: its paths
+    as strings, its resolved params as a tree. Each subclass is a kind (``JOB_KINDS``), named by
+    its class."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -35,7 +36,7 @@ class JobFile:
 
     def write(self, path: Path) -> Path:
         fields = asdict(self)  # type: ignore[call-overload]
-        raw = {k: str(v) if isinstance(v, Path) else v for k, v in fields.items()}
+        raw = {k: _as_json(v) for k, v in fields.items()}
         path.write_text(json.dumps({"kind": type(self).__name__, **raw}))
         return path
 
@@ -49,7 +50,17 @@ def read_job(path: Path) -> Any:
     for key in _PATH_FIELDS:
         if key in raw:
             raw[key] = Path(raw[key])
+    if "params" in raw:
+        raw["params"] = Params.model_validate(raw["params"])
     return JOB_KINDS[kind](**raw)
+
+
+def _as_json(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Params):
+        return value.model_dump(mode="json")
+    return value
 
 
 def resolve_device(params: Params) -> str:

@@ -14,12 +14,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.config import load_params
+from pipeline import layout
+from pipeline.config import Params
 from pipeline.data.loaders import resize_tile
 from pipeline.data.store import TileStore
 from pipeline.errors import DataError
 from pipeline.faults import failpoint
 from pipeline.files import write_text
+from pipeline.models.inits import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.models.overlap import create_overlap_model
 from pipeline.models.weights import load_starting_weights, save_encoder
 from pipeline.train import distributed
@@ -36,9 +38,8 @@ from pipeline.train.metrics import box_decoded_iou, centred_box_iou, mask_iou
 from pipeline.train.sop import OverlapBatch, positions_for, sample_overlap
 
 # ImageNet statistics: both published starting points (LVD-142M, ImageNet) were trained on them.
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-ENCODER_FILE = "encoder.safetensors"
+MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 HELD_OUT_EVERY = 20  # unsplit imagery: one tile in 20 validates the pretext task
 VALIDATION_SEED = 20260101  # the same validation pairs every epoch and every run
 LUMA = (0.299, 0.587, 0.114)
@@ -171,7 +172,7 @@ class OverlapTask:
 
 @dataclass(frozen=True)
 class PretrainJob(JobFile):
-    params_file: Path  # the resolved params, as the flow saw them
+    params: Params  # the resolved params, as the flow saw them
     backbone: str
     store_dir: Path
     out_dir: Path  # encoder.safetensors and result.json
@@ -204,7 +205,7 @@ def pretrain_rows(store: TileStore, images: str, seed: int) -> tuple[np.ndarray,
 
 def run_pretrain(job: PretrainJob) -> dict[str, Any]:
     """Train the overlap model of ``job.backbone``; the main rank exports the encoder."""
-    params = load_params(job.params_file)
+    params = job.params
     p = params.pretrain
     context = distributed.from_environment()
     store = TileStore(job.store_dir)
@@ -264,7 +265,7 @@ def run_pretrain(job: PretrainJob) -> dict[str, Any]:
     failpoint("outputs.write")
     if context.is_main:
         job.out_dir.mkdir(parents=True, exist_ok=True)
-        save_encoder(model.encoder, job.out_dir / ENCODER_FILE)  # type: ignore[arg-type]
+        save_encoder(model.encoder, job.out_dir / layout.ENCODER_FILE)  # type: ignore[arg-type]
         write_text(job.out_dir / RESULT_FILE, json.dumps(summary, indent=2))
     distributed.barrier(context)
     return summary

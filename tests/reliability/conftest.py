@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from pipeline import layout
 from tests.reliability.projects import (
     FINETUNE_ARGS,
     FINETUNE_MODEL,
@@ -33,7 +34,9 @@ from tests.reliability.projects import (
 REPO = Path(__file__).resolve().parents[2]
 
 
-def snapshot(root: Path, skip: tuple[str, ...] = (".sop", "mlruns", "mlflow.db")) -> dict[str, str]:
+def snapshot(
+    root: Path, skip: tuple[str, ...] = (layout.STATE_DIR, "mlruns", "mlflow.db")
+) -> dict[str, str]:
     """sha256 of every file under ``root`` (symlinks by target), keyed by relative path.
 
     Skipped: the run state (checkpoints, Prefect) and MLflow's store, which every run appends

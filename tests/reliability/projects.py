@@ -11,13 +11,25 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from pipeline import layout
 
 PRETRAIN_NAME = "resnet_demo-32-0.0"
 PRETRAIN_ARGS = ("resnet_demo", "32", "0.0")
 FINETUNE_MODEL = "resnet_demo-random"
 FINETUNE_CELL = f"{FINETUNE_MODEL}-1.0-s0"
 FINETUNE_ARGS = ("landcoverai", FINETUNE_MODEL, "1.0", "0")
+
+
+class Named(NamedTuple):
+    """A fine-tuning cell as the layout names its files (the flows' ``Cell`` has both fields)."""
+
+    dataset: str
+    name: str
+
+
+HERE = Path()  # the layout's paths relative to a root
 
 
 def project(tmp: Path, store: Path, seed: int = 0) -> Path:
@@ -28,8 +40,9 @@ def project(tmp: Path, store: Path, seed: int = 0) -> Path:
     2, 3 epochs = 9 steps, a checkpoint every 2 steps and at each epoch's end.
     """
     tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "data" / "tiles").mkdir(parents=True)
-    (tmp / "data" / "tiles" / "landcoverai").symlink_to(store)
+    tiles = layout.tiles_dir(tmp, "landcoverai")
+    tiles.parent.mkdir(parents=True)
+    tiles.symlink_to(store)
     (tmp / "params.yaml").write_text(
         f"""seed: {seed}
 data: {{datasets: [landcoverai], label_fractions: [1.0]}}
@@ -80,7 +93,9 @@ def store_with_labels(source: Path, target: Path) -> Path:
 
 def copy_project(source: Path, target: Path) -> Path:
     """A copy of a root (its store link kept as a link), MLflow and Prefect state left behind."""
-    shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns("mlruns", ".sop"))
+    shutil.copytree(
+        source, target, symlinks=True, ignore=shutil.ignore_patterns("mlruns", layout.STATE_DIR)
+    )
     return target
 
 
@@ -91,17 +106,24 @@ def set_checkpoint_every(root: Path, steps: int) -> None:
     )
 
 
-PRETRAIN_FILES = (
-    f"models/pretrain/{PRETRAIN_NAME}/encoder.safetensors",
-    f"models/pretrain/{PRETRAIN_NAME}/provenance.json",
-    f"metrics/pretrain/{PRETRAIN_NAME}.json",
-    f"plots/pretrain/{PRETRAIN_NAME}.csv",
+PRETRAIN_FILES = tuple(
+    path.as_posix()
+    for path in (
+        layout.pretrain_dir(HERE, PRETRAIN_NAME) / layout.ENCODER_FILE,
+        layout.pretrain_dir(HERE, PRETRAIN_NAME) / layout.PROVENANCE_FILE,
+        layout.pretrain_metrics_path(HERE, PRETRAIN_NAME),
+        layout.pretrain_curve_path(HERE, PRETRAIN_NAME),
+    )
 )
-FINETUNE_FILES = (
-    f"models/finetune/landcoverai/{FINETUNE_CELL}/best.safetensors",
-    f"models/finetune/landcoverai/{FINETUNE_CELL}/run.json",
-    f"metrics/finetune/landcoverai/{FINETUNE_CELL}.json",
-    f"plots/finetune/landcoverai/{FINETUNE_CELL}.csv",
+_CELL = Named("landcoverai", FINETUNE_CELL)
+FINETUNE_FILES = tuple(
+    path.as_posix()
+    for path in (
+        layout.cell_dir(HERE, _CELL) / layout.BEST_WEIGHTS_FILE,
+        layout.cell_dir(HERE, _CELL) / layout.RUN_FILE,
+        layout.finetune_metrics_path(HERE, _CELL),
+        layout.finetune_curve_path(HERE, _CELL),
+    )
 )
 
 
@@ -132,7 +154,7 @@ def resumed_from_step(done: subprocess.CompletedProcess[str]) -> int | None:
 
 def checkpoints_of(root: Path, stage: str) -> Path:
     """The checkpoint folder of a root's only ``stage`` (pretrain/finetune) run."""
-    (folder,) = (root / ".sop" / "checkpoints").glob(f"{stage}-*")
+    (folder,) = layout.checkpoint_root(root).glob(f"{stage}-*")
     return folder
 
 

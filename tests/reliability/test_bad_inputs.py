@@ -35,6 +35,7 @@ import yaml
 from PIL import Image
 from rasterio.transform import Affine
 
+from pipeline import layout
 from pipeline.synthetic import write_landcoverai_archive
 from tests import archives
 from tests.reliability.conftest import assert_intact, one_line_error, run_stage, snapshot
@@ -42,12 +43,13 @@ from tests.reliability.conftest import assert_intact, one_line_error, run_stage,
 pytestmark = pytest.mark.slow
 
 ARCHIVE = "landcover.ai.v1.zip"
-EXTRACTED = "data/raw/landcoverai/extracted/landcover.ai.v1"
+HERE = Path()  # the layout's paths relative to a project root, as snapshots key them
+EXTRACTED = layout.raw_dir(HERE, "landcoverai") / "extracted" / "landcover.ai.v1"
 LANDCOVERAI_TILE = 256
 USER_TILE = 128
 CONCURRENT_COMMANDS = 2
 # A failed stage still records its failed MLflow run: by design, not damage to earlier outputs.
-SNAPSHOT_SKIP = (".sop", "mlruns", "mlflow.db", "mlartifacts")
+SNAPSHOT_SKIP = (layout.STATE_DIR, "mlruns", "mlflow.db", "mlartifacts")
 
 # (good archive, bad archive to write) -> what the error must name besides the archive's path.
 ArchiveWriter = Callable[[Path, Path], tuple[str, ...]]
@@ -486,8 +488,8 @@ def test_a_bad_input_fails_in_one_line_and_keeps_earlier_outputs(
 ) -> None:
     outcome = outcomes[case.id].result()
     # The earlier outputs were there: an extraction, a tile store, each with its marker.
-    assert f"{EXTRACTED}/.extracted" in outcome.before
-    assert "data/tiles/landcoverai/index.parquet" in outcome.before
+    assert str(EXTRACTED / ".extracted") in outcome.before
+    assert str(layout.tiles_dir(HERE, "landcoverai") / "index.parquet") in outcome.before
 
     line = one_line_error(outcome.done)
 
@@ -495,7 +497,7 @@ def test_a_bad_input_fails_in_one_line_and_keeps_earlier_outputs(
         assert text in line, f"{text!r} not in {line!r}"
     assert_intact(outcome.before, outcome.root)
     # No half-extracted copy is left behind, and nothing was written outside the project.
-    assert not list(outcome.root.glob("data/raw/*/extracted/*.extracting"))
+    assert not list(outcome.root.glob(f"{layout.raw_dir(HERE, '*')}/extracted/*.extracting"))
     assert not [p for p in outcome.root.rglob("*") if p.is_symlink()]
     assert not list(inputs.folder.rglob("evil.txt"))
     assert not list(outcome.root.parent.rglob("evil.txt"))

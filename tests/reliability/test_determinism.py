@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import fraction_column
+from pipeline import layout
 from pipeline.data.store import TileStore, add_label_fractions, hist_column
-from pipeline.train.engine import step_generator
+from pipeline.data.subsets import fraction_column
 from pipeline.train.finetune import SegmentationTiles, training_augmentation
+from pipeline.train.seeds import step_generator
 from pipeline.train.sop import sample_overlap
 from tests.reliability.conftest import Stage
 
@@ -83,6 +84,6 @@ def test_another_seed_gives_other_metrics_and_weights(pretrain: Stage, tmp_path:
     done = pretrain.run(root)
     assert done.returncode == 0, done.stderr[-3000:]
     figures, files = pretrain.outputs(root)
-    encoder = next(name for name in files if name.endswith("encoder.safetensors"))
+    encoder = next(name for name in files if Path(name).name == layout.ENCODER_FILE)
     assert files[encoder] != pretrain.files[encoder]
     assert figures["train_loss"] != pretrain.expected["train_loss"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import layout
 from pipeline.data.store import IMAGES_FILE, MASKS_FILE, index_hash
 from pipeline.synthetic import SyntheticArchive
 from tests.reliability.conftest import (
@@ -72,7 +73,7 @@ def reference(
     root = copy_project(downloaded, tmp_path_factory.mktemp("disk") / "reference")
     done = run_stage(root, "tile", "landcoverai", env=stage_env)
     assert done.returncode == 0, done.stderr[-3000:]
-    return root / "data" / "tiles" / "landcoverai"
+    return layout.tiles_dir(root, "landcoverai")
 
 
 def _pages_kb(path: Path) -> int:
@@ -90,7 +91,8 @@ def test_a_full_disk_while_tiling_is_named_and_the_rerun_finishes(
     downloaded: Path, reference: Path, stage_env: dict[str, str], tmp_path: Path, when: str
 ) -> None:
     root = copy_project(downloaded, tmp_path / "project")
-    tiles = root / "data" / "tiles"
+    store = layout.tiles_dir(root, "landcoverai")
+    tiles = store.parent  # the small disk: the store and its summary beside it
     tiles.mkdir(parents=True)
     before = snapshot(root)
     arrays_kb = _pages_kb(reference / IMAGES_FILE) + _pages_kb(reference / MASKS_FILE)
@@ -103,14 +105,14 @@ def test_a_full_disk_while_tiling_is_named_and_the_rerun_finishes(
         size_kb,
         f"cd {shlex.quote(str(root))}; {tile} 2> {keep}.err1; echo $? > {keep}.rc1; "
         f"grow 65536; {tile} 2> {keep}.err2; echo $? > {keep}.rc2; "
-        f"cp -a data/tiles/. {keep}/",
+        f"cp -a {shlex.quote(str(tiles))}/. {keep}/",
         env=stage_env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     first = subprocess.CompletedProcess([], int(Path(f"{keep}.rc1").read_text()), "", "")
     first.stderr = Path(f"{keep}.err1").read_text()
     error = one_line_error(first)
-    assert str(tiles / "landcoverai") in error
+    assert str(store) in error
     if when == "before-any-tile":
         assert "no space left for the tile store" in error
     else:  # the arrays fitted; the first scene's index rows did not
@@ -119,7 +121,7 @@ def test_a_full_disk_while_tiling_is_named_and_the_rerun_finishes(
     assert_intact(before, root)  # the raw data and extraction, untouched
 
     assert Path(f"{keep}.rc2").read_text().strip() == "0", Path(f"{keep}.err2").read_text()
-    store = keep / "landcoverai"
-    assert index_hash(store) == index_hash(reference)
+    kept = keep / store.relative_to(tiles)
+    assert index_hash(kept) == index_hash(reference)
     for name in (IMAGES_FILE, MASKS_FILE):
-        assert _digest(store / name) == _digest(reference / name)
+        assert _digest(kept / name) == _digest(reference / name)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline import layout
 from pipeline.train.engine import load_checkpoint
 from tests.reliability.conftest import (
     REPO,
@@ -123,17 +124,18 @@ def test_a_disk_that_fills_while_checkpointing_keeps_the_earlier_checkpoints(
     if not small_disk_available():
         pytest.skip("no unprivileged mount namespaces here (unshare --user --mount)")
     root = pretrain.copy(tmp_path)
-    (root / ".sop" / "checkpoints").mkdir(parents=True)
+    checkpoints = layout.checkpoint_root(root)
+    checkpoints.mkdir(parents=True)
     before = snapshot(root)
     keep = tmp_path / "kept"
     stage = shlex.join([sys.executable, str(REPO / "stages" / "pretrain.py"), *PRETRAIN_ARGS])
     # Room for two checkpoints, not three: the third write (step 4) fills the disk. Then the
     # disk grows, as when space is freed, and the same command runs again.
     done = on_small_disk(
-        root / ".sop" / "checkpoints",
+        checkpoints,
         CHECKPOINT_KB * 5 // 2,
         f"cd {shlex.quote(str(root))}; {stage} > {keep}.out1 2> {keep}.err1; echo $? > {keep}.rc1; "
-        f"cp -a .sop/checkpoints/. {keep}/; grow 1048576; "
+        f"cp -a {shlex.quote(str(checkpoints))}/. {keep}/; grow 1048576; "
         f"{stage} > {keep}.out2 2> {keep}.err2; echo $? > {keep}.rc2",
         env=pretrain.env,
     )

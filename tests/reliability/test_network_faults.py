@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline import layout
 from pipeline.errors import ChecksumError
 from pipeline.models.inits import INITS, init_state
 from pipeline.models.weights import WeightsError
@@ -41,7 +42,7 @@ DATASET = "landcoverai"
 ARCHIVE = "landcover.ai.v1.zip"  # the catalog's file name: the download's target name
 URL_PARAM = f"data.sources.{DATASET}.url"
 # Tracking logs grow with every run, failed ones included: not an earlier output.
-TRACKING = (".sop", "mlruns", "mlflow.db", "mlartifacts")
+TRACKING = (layout.STATE_DIR, "mlruns", "mlflow.db", "mlartifacts")
 
 
 @dataclass(frozen=True)
@@ -107,17 +108,17 @@ def make_project(root: Path, url: str, md5: str) -> Path:
     (root / "params.yaml").write_text(
         f'data:\n  sources:\n    {DATASET}:\n      url: {url}\n      md5: "{md5}"\n'
     )
-    earlier = root / "data" / "raw" / DATASET / "extracted" / "landcover.ai.v1"
+    earlier = raw(root) / "extracted" / "landcover.ai.v1"
     (earlier / "images").mkdir(parents=True)
     (earlier / "images" / "earlier.tif").write_bytes(b"an earlier archive's scene")
     (earlier / ".extracted").write_text("landcover.ai.v1.zip 26 md5:" + "1" * 32)
     manifest = {"dataset": DATASET, "sources": [{"archive": ARCHIVE, "md5": "1" * 32}]}
-    (root / "data" / "raw" / DATASET / "source.json").write_text(json.dumps(manifest))
+    (raw(root) / layout.SOURCE_FILE).write_text(json.dumps(manifest))
     return root
 
 
 def raw(root: Path) -> Path:
-    return root / "data" / "raw" / DATASET
+    return layout.raw_dir(root, DATASET)
 
 
 def assert_extracted(root: Path, archive: ServedArchive) -> None:
@@ -131,7 +132,7 @@ def assert_extracted(root: Path, archive: ServedArchive) -> None:
         if p.is_file() and p.name != ".extracted"
     }
     assert files == archive.members
-    manifest = json.loads((raw(root) / "source.json").read_text())
+    manifest = json.loads((raw(root) / layout.SOURCE_FILE).read_text())
     assert [s["md5"] for s in manifest["sources"]] == [archive.md5]
 
 

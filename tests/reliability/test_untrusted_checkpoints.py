@@ -24,14 +24,14 @@ from typing import Any
 import pytest
 import torch
 
+from pipeline import layout
 from pipeline.config import load_params
 from pipeline.errors import PipelineError
-from pipeline.flows.finetune import RUN_FILE, Cell, cell_dir, evaluate_flow
+from pipeline.flows.finetune import Cell, evaluate_flow
 from pipeline.models.backbones import create_backbone
 from pipeline.models.inits import init_state
 from pipeline.models.weights import WeightsError, load_starting_weights, read_state_dict
 from pipeline.train import engine
-from pipeline.train.finetune import BEST_WEIGHTS_FILE
 from tests.reliability.conftest import REPO, assert_intact, snapshot
 from tests.servers import FileServer
 from tests.test_inits import serve_as
@@ -93,7 +93,7 @@ class LoadPath:
     """Where the pipeline reads a weights or state file, and how it reads it there."""
 
     name: str
-    file: str  # the malicious file, relative to the project root
+    file: Path  # the malicious file, relative to the project root
     load: Callable[[Path, Path], object]  # (project root, the file) -> loads it as the stage does
 
 
@@ -137,17 +137,20 @@ def evaluated_weights(root: Path, path: Path) -> object:
 
 
 EVALUATED_CELL = Cell("landcoverai", "resnet_demo-random", 1.0, 0)
+HERE = Path()  # the layout's paths relative to the project root
 
 LOAD_PATHS = [
-    LoadPath("pretrain weights_file", "weights/resnet_demo.pth", pretrain_weights_file),
-    LoadPath("finetune weights_file", "weights/resnet50.pth", finetune_weights_file),
-    LoadPath("sop encoder", "models/pretrain/resnet_demo/encoder.safetensors", sop_encoder),
-    LoadPath("finetune init", "models/init/resnet_demo-sop.safetensors", finetune_init_weights),
-    LoadPath("resume checkpoint", "checkpoints/step-00000020.pt", resume_checkpoint),
-    LoadPath("best checkpoint", "checkpoints/best.pt", best_checkpoint),
+    LoadPath("pretrain weights_file", Path("weights/resnet_demo.pth"), pretrain_weights_file),
+    LoadPath("finetune weights_file", Path("weights/resnet50.pth"), finetune_weights_file),
+    LoadPath(
+        "sop encoder", layout.pretrain_dir(HERE, "resnet_demo") / layout.ENCODER_FILE, sop_encoder
+    ),
+    LoadPath("finetune init", layout.init_path(HERE, "resnet_demo-sop"), finetune_init_weights),
+    LoadPath("resume checkpoint", Path("checkpoints/step-00000020.pt"), resume_checkpoint),
+    LoadPath("best checkpoint", Path("checkpoints/best.pt"), best_checkpoint),
     LoadPath(
         "evaluated weights",
-        f"models/finetune/landcoverai/{EVALUATED_CELL.name}/{BEST_WEIGHTS_FILE}",
+        layout.cell_dir(HERE, EVALUATED_CELL) / layout.BEST_WEIGHTS_FILE,
         evaluated_weights,
     ),
 ]
@@ -161,11 +164,12 @@ def project(tmp_path: Path, small_store: Path) -> Path:
     good = root / "checkpoints" / "step-00000010.pt"
     good.parent.mkdir(parents=True)
     torch.save({"model": {"conv.weight": torch.zeros(2, 2)}, "step": 10}, good)
-    cell = cell_dir(root, EVALUATED_CELL)
+    cell = layout.cell_dir(root, EVALUATED_CELL)
     cell.mkdir(parents=True)
-    (cell / RUN_FILE).write_text("{}")
-    (root / "data" / "tiles").mkdir(parents=True)
-    (root / "data" / "tiles" / "landcoverai").symlink_to(small_store)
+    (cell / layout.RUN_FILE).write_text("{}")
+    tiles = layout.tiles_dir(root, EVALUATED_CELL.dataset)
+    tiles.parent.mkdir(parents=True)
+    tiles.symlink_to(small_store)
     return root
 
 

@@ -1,0 +1,112 @@
+"""One pipeline definition: dvc.yaml's code deps from the import graph, the demo's derived.
+
+dvc.yaml is written by hand except for its code deps: each stage depends on its entry
+(``stages/<name>.py``) and on every package module that entry runs
+(:func:`pipeline.imports.closure`), so a change to any of them, and to nothing else, makes the
+stage stale. demo/dvc.yaml is
+dvc.yaml seen from demo/ with a synth stage first, whose archive the download stage reads.
+Edited as text, so that dvc.yaml's comments stay. ``sop stages`` writes both; ``--check``
+only compares.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import layout
+from pipeline.imports import closure
+
+DEMO_DIR = "demo"
+DEMO_ARCHIVE = "archive/landcover.ai.v1.zip"
+DEMO_HEADER = "# The demo pipeline: generated from ../dvc.yaml by `sop stages`; do not edit.\n"
+# The stage only the demo has; its code deps are filled in like every other stage's.
+SYNTH_STAGE = f"""  synth:
+    cmd: python stages/synth.py {DEMO_ARCHIVE}
+    deps:
+      - stages/synth.py
+    params:
+      - synthetic
+      - data.tiling.landcoverai
+    outs:
+      - {DEMO_ARCHIVE}:
+          cache: false
+      - {DEMO_ARCHIVE}.md5:
+          cache: false
+
+"""
+STAGE_CMD = re.compile(r"^\s*cmd: python (?:\.\./)?stages/(\w+)\.py\b")
+CODE_DEP = re.compile(r"^(\s*)- (?:\.\./)?(?:stages|pipeline)/\S+\.py\s*$")
+
+
+@dataclass(frozen=True)
+class Difference:
+    path: Path
+    expected: str
+
+
+def code_deps(root: Path, stage: str) -> list[str]:
+    """``stages/<stage>.py`` and every package file it runs, relative to ``root``."""
+    script = root / "stages" / f"{stage}.py"
+    return [path.relative_to(root).as_posix() for path in closure(script, root)]
+
+
+def with_code_deps(text: str, root: Path) -> str:
+    """``text`` (a dvc.yaml) with each stage's run of code deps replaced by its closure."""
+    out: list[str] = []
+    stage: str | None = None
+    for line in text.splitlines(keepends=True):
+        command = STAGE_CMD.match(line)
+        if command:
+            stage = command.group(1)
+        dep = CODE_DEP.match(line)
+        if dep is None:
+            out.append(line)
+            continue
+        if stage is None:
+            raise ValueError(f"a code dep before any stage's cmd: {line.strip()}")
+        if out and CODE_DEP.match(out[-1]):
+            continue  # the rest of a run already replaced
+        out.extend(f"{dep.group(1)}- {path}\n" for path in code_deps(root, stage))
+    return "".join(out)
+
+
+def demo_definition(text: str, root: Path) -> str:
+    """demo/dvc.yaml from dvc.yaml's ``text``: seen from demo/, with the synth stage first."""
+    body = text[text.index("stages:\n") :]
+    body = body.replace("stages:\n", "stages:\n" + SYNTH_STAGE, 1)
+    body = with_code_deps(body, root)
+    body = re.sub(r"(?m)^(\s*(?:- |cmd: python ))(stages|pipeline)/", r"\1../\2/", body)
+    download = re.search(r"(?m)^  download:\n(?:.*\n)*?(\s*)deps:\n", body)
+    if download is None:
+        raise ValueError("dvc.yaml: no download stage with deps")
+    indent = download.group(1) + "  "
+    archive_deps = f"{indent}- {DEMO_ARCHIVE}\n{indent}- {DEMO_ARCHIVE}.md5\n"
+    return DEMO_HEADER + body[: download.end()] + archive_deps + body[download.end() :]
+
+
+def expected_files(root: Path) -> dict[Path, str]:
+    """What dvc.yaml and demo/dvc.yaml should hold."""
+    paper = with_code_deps((root / layout.DVC_FILE).read_text(), root)
+    return {
+        root / layout.DVC_FILE: paper,
+        root / DEMO_DIR / layout.DVC_FILE: demo_definition(paper, root),
+    }
+
+
+def differences(root: Path) -> list[Difference]:
+    """The definition files whose text is not what they should hold."""
+    return [
+        Difference(path, expected)
+        for path, expected in expected_files(root).items()
+        if not path.is_file() or path.read_text() != expected
+    ]
+
+
+def write(root: Path) -> list[Path]:
+    """Write the files that differ; return them."""
+    changed = differences(root)
+    for difference in changed:
+        difference.path.write_text(difference.expected)
+    return [difference.path for difference in changed]
