@@ -124,3 +124,25 @@ def test_pretraining_a_dataset_that_is_not_declared_names_the_parameter(tmp_path
     params = params_from_mapping({"data": {"datasets": ["loveda"]}})
     with pytest.raises(DataError, match=r"pretrain\.dataset: 'landcoverai' is not in data"):
         pretrain_flow.fn("vits14", 112, 0.0, params, tmp_path)
+
+
+RUN_CACHED = ("pretrain", "weights", "finetune", "evaluate")
+
+
+@pytest.mark.parametrize("root", [REPO, REPO / "demo"], ids=["paper", "demo"])
+def test_every_stage_from_pretrain_on_can_enter_the_run_cache(root: Path) -> None:
+    """DVC records a run only for a stage whose plain outputs are all cached and none persisted
+    (metrics and plots may be `cache: false`): what lets a stage run on one worker be restored
+    on every other."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        stages = [s for s in repo.index.stages if s.name.split("@")[0] in RUN_CACHED]
+        assert {s.name.split("@")[0] for s in stages} == set(RUN_CACHED)
+        blocking = [
+            f"{stage.name}: {out.def_path}"
+            for stage in stages
+            for out in stage.outs
+            if out.persist or not (out.use_cache or out.is_metric or out.is_plot)
+        ]
+    assert not blocking, f"outputs that keep a stage out of DVC's run-cache: {blocking}"

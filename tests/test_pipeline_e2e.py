@@ -136,6 +136,7 @@ def test_demo_pipeline_with_dvc(tmp_path: Path) -> None:
         assert metrics["epochs"] == 2
     assert "val_iou" in dvc(demo, "metrics", "show")
     _check_downstream(demo, params)
+    _check_restored_from_the_run_cache(demo)
     # Where training runs is not what it computes: no stage goes stale.
     params["compute"]["loader_workers"] = 1
     (demo / "params.yaml").write_text(yaml.safe_dump(params))
@@ -172,6 +173,33 @@ def test_demo_pipeline_with_dvc(tmp_path: Path) -> None:
     status = dvc(demo, "status")
     assert "tile@landcoverai" in status
     assert "download@landcoverai" not in status
+
+
+def _check_restored_from_the_run_cache(demo: Path) -> None:
+    """A cell's stages entered DVC's run-cache: with dvc.lock and their outputs gone (a fresh
+    checkout's state), `dvc repro` restores them byte for byte without running them."""
+    cell = Cell("landcoverai", "resnet_demo-sop", 0.25, 0)
+    outputs = [
+        layout.cell_dir(demo, cell) / layout.BEST_WEIGHTS_FILE,
+        layout.cell_dir(demo, cell) / layout.RUN_FILE,
+        layout.finetune_metrics_path(demo, cell),
+        layout.finetune_curve_path(demo, cell),
+        layout.evaluate_metrics_path(demo, cell),
+        layout.confusion_path(demo, cell, ".png"),
+    ]
+    before = {path: path.read_bytes() for path in outputs}
+    lock = demo / "dvc.lock"
+    kept = lock.read_text()
+    lock.unlink()
+    for path in outputs:
+        path.unlink()
+    stages = [f"{stage}@landcoverai-resnet_demo-sop-0.25-0" for stage in ("finetune", "evaluate")]
+    log = dvc(demo, "repro", "--single-item", *stages)
+    for stage in stages:
+        assert f"Stage '{stage}' is cached - skipping run" in log, log
+    assert "Running stage" not in log, log
+    assert {path: path.read_bytes() for path in outputs} == before
+    lock.write_text(kept)
 
 
 def _check_downstream(demo: Path, params: dict[str, Any]) -> None:

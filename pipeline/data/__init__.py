@@ -1,0 +1,1 @@
+"""Datasets: catalog, tiling, the tile store, label subsets and the loaders' workers."""
