@@ -106,24 +106,22 @@ def set_checkpoint_every(root: Path, steps: int) -> None:
     )
 
 
-PRETRAIN_FILES = tuple(
-    path.as_posix()
-    for path in (
-        layout.pretrain_dir(HERE, PRETRAIN_NAME) / layout.ENCODER_FILE,
-        layout.pretrain_dir(HERE, PRETRAIN_NAME) / layout.PROVENANCE_FILE,
-        layout.pretrain_metrics_path(HERE, PRETRAIN_NAME),
-        layout.pretrain_curve_path(HERE, PRETRAIN_NAME),
-    )
+def _posix(*paths: Path) -> tuple[str, ...]:
+    return tuple(path.as_posix() for path in paths)
+
+
+PRETRAIN_FILES = _posix(
+    layout.pretrain_dir(HERE, PRETRAIN_NAME) / layout.ENCODER_FILE,
+    layout.pretrain_dir(HERE, PRETRAIN_NAME) / layout.PROVENANCE_FILE,
+    layout.pretrain_metrics_path(HERE, PRETRAIN_NAME),
+    layout.pretrain_curve_path(HERE, PRETRAIN_NAME),
 )
 _CELL = Named("landcoverai", FINETUNE_CELL)
-FINETUNE_FILES = tuple(
-    path.as_posix()
-    for path in (
-        layout.cell_dir(HERE, _CELL) / layout.BEST_WEIGHTS_FILE,
-        layout.cell_dir(HERE, _CELL) / layout.RUN_FILE,
-        layout.finetune_metrics_path(HERE, _CELL),
-        layout.finetune_curve_path(HERE, _CELL),
-    )
+FINETUNE_FILES = _posix(
+    layout.cell_dir(HERE, _CELL) / layout.BEST_WEIGHTS_FILE,
+    layout.cell_dir(HERE, _CELL) / layout.RUN_FILE,
+    layout.finetune_metrics_path(HERE, _CELL),
+    layout.finetune_curve_path(HERE, _CELL),
 )
 
 
