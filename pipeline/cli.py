@@ -352,6 +352,25 @@ def repro(
             "each in a fresh process.",
         ),
     ] = True,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            help="Coordinate a grid on this Prefect work pool's workers (PREFECT_API_URL names "
+            "the server): each stage a deployment run (README, Cluster).",
+        ),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Start this many local workers (one per GPU, or CPU slots), each in a "
+            "checkout under .sop/workers/, and run the grid on them (pool 'gpu').",
+        ),
+    ] = 0,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --workers: CPU threads per stage (OMP_NUM_THREADS)."),
+    ] = None,
 ) -> None:
     """`dvc repro` of the params file's folder as the Prefect flow `paper`, under one MLflow
     parent run that nests every stage's run."""
@@ -371,8 +390,12 @@ def repro(
     host = (
         stage_host(layout.state_dir(root), mlflow_uri=tracking_uri(root)) if warm else nullcontext()
     )
-    with host:
-        summary = paper_flow(str(root), targets, push, glob, warm)
+    from pipeline.flows.workers import POOL, prefect_server
+
+    pool = pool or (POOL if workers else None)
+    server = prefect_server(layout.state_dir(root)) if workers else nullcontext()
+    with host, server:
+        summary = paper_flow(str(root), targets, push, glob, warm, pool, workers, threads)
     typer.echo(
         f"MLflow parent run {summary['parent_run_id']}; artifacts: "
         f"{', '.join(summary['artifacts']) or 'none'}; pushed: {summary['pushed']}"

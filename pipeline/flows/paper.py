@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,10 @@ from pipeline.config import load_params
 from pipeline.env import apply_env_defaults
 from pipeline.errors import PipelineError
 from pipeline.flows.common import api_for_subprocesses
+from pipeline.flows.grid import run_data_stages, run_grid, split_stages, stage_graph
+from pipeline.flows.gridstage import CHECKOUT_ENV, dvc_env, forget_locked
 from pipeline.stagehost import HOST_ENV, stage_host
 
-CHECKOUT_ENV = "SOP_CHECKOUT"
 DEFAULT_CHECKOUT = "/work"  # where the Dockerfile's image expects the project
 
 
@@ -48,14 +49,6 @@ def project_dir(project: str | Path) -> Path:
     return path
 
 
-def dvc_env() -> dict[str, str]:
-    """DVC's environment: this interpreter's folder first on PATH, so that the stages'
-    ``python`` is this one (a worker need not have the venv on its PATH)."""
-    bin_dir = str(Path(sys.executable).parent)
-    path = os.environ.get("PATH")
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{path}" if path else bin_dir}
-
-
 def run_dvc(root: Path, *args: str) -> None:
     """``dvc ARGS`` in ``root``, its output streamed through; a failure raises one line."""
     shown = " ".join(["dvc", *args])
@@ -65,6 +58,44 @@ def run_dvc(root: Path, *args: str) -> None:
     ).returncode
     if code != 0:
         raise PipelineError(f"`{shown}` exited with {code} in {root}; its error is above")
+
+
+def grid_on_pool(
+    root: Path,
+    pool: str,
+    targets: Sequence[str],
+    glob: bool,
+    tracking_ids: dict[str, str],
+    remote: bool,
+    workers: int,
+    threads: int | None,
+) -> dict[str, Any]:
+    """The grid on ``pool``; with ``workers``, on that many local workers started for it
+    once this checkout's data stages are done (their worktrees link the data)."""
+    from pipeline.flows.workers import local_workers
+
+    graph = stage_graph(root, targets, glob)
+    data = split_stages(graph)[0]
+    local: AbstractContextManager[Any] = nullcontext()
+    if workers:
+        run_data_stages(root, data)
+        local = local_workers(root, graph, data, workers, threads, pool)
+    with local:
+        return run_grid(root, pool, graph, tracking_ids, remote)
+
+
+def final_repro(
+    root: Path, grid: Sequence[str], targets: Sequence[str], glob: bool, remote: bool
+) -> None:
+    """The coordinator's own ``dvc repro`` after a grid: every grid stage restored from the
+    run-cache, the rest (the report) run here. With a remote, the run-cache and the grid
+    stages' outputs come from it first (``--pull`` on those alone: it would take the missing
+    outputs of a stage that no cache holds for pulled)."""
+    forget_locked(root, grid)
+    if remote and grid:
+        run_dvc(root, "fetch", "--run-cache", *grid)
+        run_dvc(root, "repro", "--pull", *grid)
+    run_dvc(root, "repro", *(["--glob"] if glob and targets else []), *targets)
 
 
 def parse_remotes(listing: str) -> list[str]:
@@ -170,6 +201,9 @@ def paper_flow(
     push: bool | None = None,
     glob: bool = False,
     warm: bool = True,
+    pool: str | None = None,
+    workers: int = 0,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Reproduce ``project``'s DVC pipeline under one MLflow parent run.
 
@@ -180,6 +214,12 @@ def paper_flow(
     ``finetune@loveda-*`` (a machine's share of the grid). ``push``: ``dvc push`` afterwards;
     None pushes when the project has a DVC remote. The report's outputs and params.yaml are
     logged to the parent run.
+
+    ``pool``: the coordinator of a grid on that Prefect work pool's workers
+    (:mod:`pipeline.flows.grid`): each stage a deployment run, then this checkout's
+    ``dvc repro`` restores them from the run-cache and writes dvc.lock and the report.
+    ``workers``: start that many local workers for it first (:mod:`pipeline.flows.workers`),
+    each stage limited to ``threads`` CPU threads when given.
     """
     root = project_dir(project)
     apply_env_defaults(root)
@@ -204,11 +244,19 @@ def paper_flow(
         if prefect_run:
             client.set_tag(run_id, "prefect.flow_run_id", prefect_run)
         print(f"MLflow parent run {run_id} ({run.info.run_name}) at {uri}")
-        run_dvc(root, "repro", *(["--glob"] if glob and chosen else []), *chosen)
+        remotes = dvc_remotes(root)
+        print(f"DVC remotes: {', '.join(remotes)}" if remotes else "no DVC remote")
+        grid = None
+        if pool:
+            tracking_ids = {"uri": uri, "parent_run_id": run_id}
+            grid = grid_on_pool(
+                root, pool, chosen, glob, tracking_ids, bool(remotes), workers, threads
+            )
+            final_repro(root, grid["grid"], chosen, glob, bool(remotes))
+        else:
+            run_dvc(root, "repro", *(["--glob"] if glob and chosen else []), *chosen)
         if push is None:
-            remotes = dvc_remotes(root)
             push = bool(remotes)
-            print(f"DVC remotes: {', '.join(remotes)}" if remotes else "no DVC remote: no push")
         if push:
             run_dvc(root, "push")
         client.set_tag(run_id, "dvc.pushed", str(push).lower())
@@ -221,4 +269,5 @@ def paper_flow(
         "pushed": push,
         "artifacts": artifacts,
         "metrics": metrics,
+        "grid": grid,
     }
