@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from pipeline import layout, tracking
 from pipeline.cli import app
 from pipeline.errors import PipelineError
-from pipeline.flows import paper
+from pipeline.flows import grid, paper
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -223,8 +223,14 @@ def test_prefect_yaml_declares_the_paper_deployment() -> None:
     from prefect.utilities.importtools import import_object
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    (deployment,) = spec["deployments"]
+    deployment, stage = spec["deployments"]
     assert deployment["name"] == "paper"
+    assert stage["name"] == "stage"  # pipeline.flows.grid submits runs of it
+    assert load_flow_from_entrypoint(str(REPO / stage["entrypoint"])).name == "stage"
+    assert f"{load_flow_from_entrypoint(str(REPO / stage['entrypoint'])).name}/{stage['name']}" == (
+        grid.STAGE_DEPLOYMENT
+    )
+    assert stage["work_pool"]["name"] == "gpu"
     assert load_flow_from_entrypoint(str(REPO / deployment["entrypoint"])).name == "paper"
     assert deployment["work_pool"]["name"] == "gpu"
     assert deployment["concurrency_limit"] == 1
