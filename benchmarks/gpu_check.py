@@ -442,7 +442,8 @@ def grid_hours_item(check: Check, throughput: dict[str, Any] | None) -> str | No
         item.status = "pass" if math.isfinite(total) and total > 0 else "fail"
         item.detail = (
             f"{total:,.1f} GPU-hours; wall {grid_hours.wall_hours(jobs, 1):,.1f} h on one GPU, "
-            f"{grid_hours.wall_hours(jobs, 8):,.1f} h on eight"
+            f"{grid_hours.wall_hours(jobs, 8):,.1f} h on eight, "
+            f"{grid_hours.wall_hours(jobs, 32):,.1f} h on four machines of eight"
         )
         item.figures = {"jobs": [dataclasses.asdict(job) for job in jobs]}
 

@@ -202,7 +202,8 @@ def render(jobs: Sequence[Job], source: str) -> str:
         f"| all | {len(jobs)} | | {total:,.1f} | | |",
         "",
         f"Wall time: {wall_hours(jobs, 1):,.1f} h on one GPU; {wall_hours(jobs, 8):,.1f} h on "
-        "eight (pretraining first, one job per GPU, then the cells longest first).",
+        f"one 8-GPU machine; {wall_hours(jobs, 32):,.1f} h on four of them (pretraining first, "
+        "one job per GPU, then the cells longest first).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,3 +73,28 @@ def test_demo_timings_split_work_stage_overhead_and_dvc() -> None:
     assert figures["per_invocation_share"] == pytest.approx(5.5 / 20)
     assert figures["orchestration_share"] == pytest.approx(14.5 / 20)
     assert [row["stage"] for row in figures["rows"]] == ["tile landcoverai", "report"]
+
+
+@pytest.mark.usefixtures("benchmarks")
+def test_grid_figures_from_a_timeline() -> None:
+    import grid
+
+    def attempt(worker: str, ready: float, started: float, ended: float) -> dict[str, Any]:
+        return {"worker": worker, "ready": ready, "submitted": ready + 0.1, "started": started,
+                "ended": ended, "noticed": ended + 0.5}  # fmt: skip
+
+    # Two slots: a at 1-10, b at 2-9; then a third stage, ready at 0 as well, waits for b and
+    # starts 3 s after b is free (the wait for the slot is no overhead).
+    record = {"attempts": [attempt("a", 0, 1, 10), attempt("b", 0, 2, 9), attempt("b", 0, 12, 20)]}
+    figures = grid.summarise(record, slots=2)
+    assert figures["stages"] == 3
+    assert figures["grid_wall_s"] == pytest.approx(20.4)  # first submitted to last noticed
+    assert figures["busy_slot_s"] == pytest.approx(9 + 7 + 8)
+    assert figures["utilisation"] == pytest.approx(24 / (2 * 20.4), abs=1e-3)
+    assert figures["pick_up_s"] == (2.0, 3.0)  # delays 1, 2 and 3
+    assert figures["ready_to_submitted_s"] == (0.1, 0.1)
+    assert figures["finished_to_noticed_s"] == (0.5, 0.5)
+    runs = [{**figures, "workers": n, "command_s": 30.0} for n in (1, 2)]
+    info = {"date": "d", "commit": "c", "machine": {"cpu": "x", "cores": "2"}}
+    text = grid.render(runs, info)
+    assert "Speed-up of the grid at 2 workers: 1.00x" in text
