@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from prefect import flow
 
-from pipeline import tracking
+from pipeline import layout, tracking
 from pipeline.errors import PipelineError
 from pipeline.files import write_text
 
@@ -126,7 +126,7 @@ def forget_locked(root: Path, stages: Iterable[str]) -> None:
     run-cache and runs the stage again. Without the entry, DVC looks the stage's inputs up in
     the run-cache and restores the run a worker recorded (the lock is rewritten as it goes).
     """
-    lock = root / "dvc.lock"
+    lock = root / layout.LOCK_FILE
     if not lock.is_file():
         return
     content = yaml.safe_load(lock.read_text()) or {}

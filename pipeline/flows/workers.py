@@ -92,8 +92,8 @@ def prefect_server(state: Path) -> Iterator[str]:
     if preset:
         yield preset
         return
-    api = f"http://127.0.0.1:{_free_port()}/api"
-    port = api.rsplit(":", 1)[1].split("/")[0]
+    port = str(_free_port())
+    api = f"http://127.0.0.1:{port}/api"
     command = [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", port]
     log = state / "prefect-server.log"
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -162,7 +162,7 @@ def seed_data(project: Path, other: Path, stages: Mapping[str, GridStage], data:
                 shutil.copytree(source, target, copy_function=os.link)
             else:
                 os.link(source, target)
-    lock = project / layout.DVC_FILE.replace(".yaml", ".lock")
+    lock = project / layout.LOCK_FILE
     if lock.is_file():
         shutil.copyfile(lock, other / lock.name)
 
