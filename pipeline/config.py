@@ -567,6 +567,23 @@ class TrackingParams(_Section):
     experiment_prefix: str = Field(default="sop", min_length=1)
 
 
+class ReportParams(_Section):
+    """How sure the report's figures are: intervals and the data they describe."""
+
+    resamples: PositiveInt = Field(
+        default=1000, description="decided: bootstrap resamples of the test tiles per interval."
+    )
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="The intervals' coverage.")
+    seed: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="The bootstrap's seed (the same resamples for every cell)."
+    )
+    data: str = Field(
+        default="",
+        description="One line saying what the data are, for the report's header; empty: the "
+        "datasets' names, as real data.",
+    )
+
+
 class Params(_Section):
     """The whole of params.yaml."""
 
@@ -576,6 +593,7 @@ class Params(_Section):
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     compute: ComputeParams = Field(default_factory=ComputeParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
+    report: ReportParams = Field(default_factory=ReportParams)
     synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
 
     @model_validator(mode="after")

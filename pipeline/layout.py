@@ -22,6 +22,7 @@ BEST_WEIGHTS_FILE = "best.safetensors"  # a finetune cell's best epoch
 RUN_FILE = "run.json"  # beside it: the cell's training record
 SOURCE_FILE = "source.json"  # a download's record of what it fetched
 RESULTS_TABLE = "results.csv"
+SUMMARY_TABLE = "summary.csv"
 
 
 class GridCell(Protocol):
@@ -108,6 +109,15 @@ def evaluate_metrics_path(root: Path, cell: GridCell) -> Path:
 
 def confusion_path(root: Path, cell: GridCell, suffix: str) -> Path:
     return root / "reports" / "confusion" / cell.dataset / f"{cell.name}{suffix}"
+
+
+def tile_confusion_dir(root: Path) -> Path:
+    return root / "reports" / "tiles"
+
+
+def tile_confusion_path(root: Path, cell: GridCell) -> Path:
+    """A cell's per-tile confusion matrices (the report's bootstrap resamples them)."""
+    return tile_confusion_dir(root) / cell.dataset / f"{cell.name}.npz"
 
 
 def results_dir(root: Path) -> Path:

@@ -1,22 +1,19 @@
 """The report: every grid cell's figures in one table, the paper's claims checked against them.
 
 Inputs are the small files the finetune and evaluate stages write (DVC metrics and plots):
-``metrics/finetune/<dataset>/<cell>.json``, ``metrics/evaluate/...`` and the curves
-``plots/finetune/<dataset>/<cell>.csv``; each metrics file names its cell's dataset, backbone,
-init, label fraction and seed. Outputs: ``results/results.csv`` (one row per cell),
-``results/report.md`` (the paper-style table and a verdict per claim) and PNG plots.
-
-A claim is judged per (dataset, backbone) comparison and the verdict says how many comparisons
-support it; "not measurable" where this run has nothing to compare (no SOP cell, no other init,
-or no init reaching the convergence threshold).
+``metrics/finetune/<dataset>/<cell>.json``, ``metrics/evaluate/...``, the curves
+``plots/finetune/<dataset>/<cell>.csv`` and the per-tile confusion matrices
+``reports/tiles/<dataset>/<cell>.npz``; each metrics file names its cell's dataset, backbone,
+init, label fraction and seed. Outputs: ``results/results.csv`` (one row per cell, each figure
+with its interval), ``results/summary.csv`` (one row per cell over its seeds),
+``results/report.md`` (the paper-style table, the metrics' definitions and a verdict per claim
+with its uncertainty: :mod:`pipeline.claims`) and PNG plots.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,13 +23,14 @@ import numpy.typing as npt
 import pandas as pd
 
 from pipeline import layout
+from pipeline.claims import Bootstrap, Evidence, Verdict, check_claims
 from pipeline.errors import DataError
+from pipeline.intervals import MIN_SEEDS, TileConfusion, cell_interval, class_intervals
+from pipeline.zoo import metric_name
 
 IDENTITY = ["dataset", "backbone", "init", "label_fraction", "seed"]
 FIGURES = ["best_val_miou", "epoch_to_threshold", "test_miou"]
-SOP = "sop"
-# mIoU differences below this are "equal" (the paper's own gap is 0.009).
-EQUAL_WITHIN = 0.005
+CELL = ["dataset", "backbone", "init", "label_fraction"]  # a grid cell, over its seeds
 
 
 def collect(root: Path) -> pd.DataFrame:
@@ -60,6 +58,8 @@ def collect(root: Path) -> pd.DataFrame:
                 "epoch_to_threshold": trained["convergence_epoch"],
                 "test_miou": test["test_miou"],
                 "evaluated_on": test.get("split", "test"),
+                "test_miou_per_image": test.get("test_miou_per_image", math.nan),
+                "test_tiles": test.get("tiles"),
             }
         except KeyError as exc:
             raise DataError(
@@ -90,107 +90,6 @@ def curves(root: Path, table: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-@dataclass(frozen=True)
-class Verdict:
-    claim: str
-    verdict: str  # "holds", "partly holds", "does not hold", "not measurable"
-    evidence: list[str]
-
-
-def _verdict(claim: str, outcomes: list[tuple[bool, str]]) -> Verdict:
-    if not outcomes:
-        return Verdict(claim, "not measurable", ["no comparison possible in this run"])
-    held = sum(ok for ok, _ in outcomes)
-    verdict = (
-        "holds"
-        if held == len(outcomes)
-        else "does not hold"
-        if held == 0
-        else f"partly holds ({held} of {len(outcomes)})"
-    )
-    return Verdict(claim, verdict, [line for _, line in outcomes])
-
-
-Cell = tuple[str, str, float]  # dataset, backbone, label fraction
-
-
-def _groups(table: pd.DataFrame) -> Iterable[tuple[Cell, dict[str, tuple[float, float]]]]:
-    """(dataset, backbone, fraction) -> {init: (test mIoU, epoch to threshold)}, mean over
-    seeds (the slowest seed's epoch; inf for never), where SOP and another init are present."""
-    grouped: dict[Cell, dict[str, list[tuple[float, float]]]] = {}
-    records: list[dict[str, Any]] = table.to_dict("records")  # type: ignore[assignment]
-    for row in records:
-        key = (str(row["dataset"]), str(row["backbone"]), float(row["label_fraction"]))
-        epoch = row["epoch_to_threshold"]
-        reached = math.inf if _missing(epoch) else float(epoch)
-        grouped.setdefault(key, {}).setdefault(str(row["init"]), []).append(
-            (float(row["test_miou"]), reached)
-        )
-    for key, inits in sorted(grouped.items()):
-        # The pretext ablations (sop-<subimage>-<jitter>) are not part of the paper's claims.
-        inits = {k: v for k, v in inits.items() if not k.startswith(f"{SOP}-")}
-        if SOP in inits and len(inits) > 1:
-            yield (
-                key,
-                {
-                    init: (sum(m for m, _ in runs) / len(runs), max(e for _, e in runs))
-                    for init, runs in inits.items()
-                },
-            )
-
-
-def check_claims(table: pd.DataFrame) -> list[Verdict]:
-    """The paper's three claims, judged on this run's cells (mean over seeds)."""
-    faster, better = [], []
-    gaps: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    for (dataset, backbone, fraction), inits in _groups(table):
-        where = f"{dataset} {backbone} {fraction:g}"
-        sop_miou, sop_epoch = inits.pop(SOP)
-        rival = max(inits, key=lambda init: inits[init][0])
-        best_other = inits[rival][0]
-        better.append(
-            (
-                sop_miou >= best_other - EQUAL_WITHIN,
-                f"{where}: SOP {sop_miou:.3f} vs best other ({rival}) {best_other:.3f}",
-            )
-        )
-        gaps.setdefault((dataset, backbone), []).append((fraction, sop_miou - best_other))
-        first_other = min(epoch for _, epoch in inits.values())
-        if not (math.isinf(sop_epoch) and math.isinf(first_other)):
-            faster.append(
-                (
-                    sop_epoch < first_other,  # a tie is not faster
-                    f"{where}: SOP {_epochs(sop_epoch)} vs fastest other {_epochs(first_other)}",
-                )
-            )
-    widening = []
-    for (dataset, backbone), points in gaps.items():
-        if len(points) < 2:
-            continue
-        ordered = sorted(points, reverse=True)  # 1.0 first, then fewer labels
-        values = [gap for _, gap in ordered]
-        steps = ", ".join(f"{f:g}: {g:+.3f}" for f, g in ordered)
-        widening.append(
-            (
-                all(b >= a - 1e-9 for a, b in itertools.pairwise(values)),
-                f"{dataset} {backbone}: SOP minus best other by label fraction {steps}",
-            )
-        )
-    return [
-        _verdict("SOP converges faster (fewer epochs to the threshold)", faster),
-        _verdict("SOP reaches equal or better test mIoU", better),
-        _verdict("The gap widens as labels shrink", widening),
-    ]
-
-
-def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _epochs(value: float) -> str:
-    return "never" if math.isinf(value) else f"epoch {value:g}"
-
-
 def paper_table(table: pd.DataFrame) -> pd.DataFrame:
     """Rows: inits; columns: dataset x fraction; values: test mIoU (mean over seeds)."""
     pivot = table.pivot_table(
@@ -199,24 +98,144 @@ def paper_table(table: pd.DataFrame) -> pd.DataFrame:
     return pivot.sort_index(axis=1, ascending=[True, True, False])
 
 
-def render_markdown(
-    table: pd.DataFrame, verdicts: list[Verdict], threshold: float, plots: list[Path]
-) -> str:
-    pivot = paper_table(table)
+def load_confusions(root: Path, table: pd.DataFrame) -> dict[str, TileConfusion]:
+    """Every cell's per-tile confusion matrices, by the table's ``cell``."""
+    folder = layout.tile_confusion_dir(root)
+    return {cell: TileConfusion.read(folder / f"{cell}.npz") for cell in table["cell"]}
+
+
+def with_intervals(table: pd.DataFrame, evidence: Evidence) -> pd.DataFrame:
+    """``table`` with each test figure's tile-bootstrap interval (``<figure>_lo``/``_hi``)."""
+    extra: list[dict[str, float]] = []
+    for cell, dataset, seed in zip(table["cell"], table["dataset"], table["seed"], strict=True):
+        confusion, draws = evidence.confusions[cell], evidence.draws[dataset]
+        low, high = cell_interval(
+            {seed: confusion.matrices}, confusion.evaluated, draws, evidence.confidence
+        )
+        row = {"test_miou_lo": low, "test_miou_hi": high}
+        for name, (c_low, c_high) in zip(
+            confusion.classes,
+            class_intervals(confusion.matrices, draws, evidence.confidence),
+            strict=True,
+        ):
+            column = f"test_iou_{metric_name(name)}"
+            row |= {f"{column}_lo": c_low, f"{column}_hi": c_high}
+        extra.append(row)
+    return pd.concat([table, pd.DataFrame(extra, index=table.index)], axis=1)
+
+
+def summary(table: pd.DataFrame, evidence: Evidence) -> pd.DataFrame:
+    """One row per cell over its seeds: mean and sd of test mIoU, the seed-mean's interval."""
+    rows = []
+    for key, cells in table.groupby(CELL, sort=False):
+        dataset = str(key[0])
+        evaluated = evidence.evaluated(dataset, table)
+        low, high = cell_interval(
+            evidence.seeds(cells), evaluated, evidence.draws[dataset], evidence.confidence
+        )
+        scores = cells["test_miou"].astype(float)
+        rows.append(
+            dict(zip(CELL, key, strict=True))
+            | {
+                "seeds": len(cells),
+                "test_miou_mean": scores.mean(),
+                "test_miou_sd": scores.std(ddof=1) if len(cells) > 1 else math.nan,
+                "test_miou_lo": low,
+                "test_miou_hi": high,
+                "test_miou_per_image": cells["test_miou_per_image"].astype(float).mean(),
+                "test_tiles": evidence.tiles(dataset),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _figure_text(row: pd.Series) -> str:
+    spread = "" if math.isnan(row["test_miou_sd"]) else f" ± {row['test_miou_sd']:.3f}"
+    interval = f"[{row['test_miou_lo']:.2f}, {row['test_miou_hi']:.2f}]"
+    return f"{row['test_miou_mean']:.3f}{spread} {interval}"
+
+
+def markdown_table(cells: pd.DataFrame, text: Any) -> list[str]:
+    """Rows: inits; columns: dataset x backbone x label fraction; ``text(row)`` per cell."""
+    frame = cells.assign(text=cells.apply(text, axis=1))
+    pivot = frame.pivot(index="init", columns=CELL[:2] + CELL[3:], values="text")
+    pivot = pivot.sort_index(axis=1, ascending=[True, True, False])
     keys: list[Any] = list(pivot.columns)
     columns = [f"{key[0]} {key[1]} {float(key[2]):.0%}" for key in keys]
     lines = [
-        "# Subimage Overlap Prediction: results of this run",
-        "",
-        f"{len(table)} grid cells. Test mIoU of the best-validation checkpoint, mean over seeds "
-        f"({sorted(set(table['seed']))}); columns: dataset, backbone, label fraction.",
-        "",
         "| init | " + " | ".join(columns) + " |",
         "| --- | " + " | ".join("---" for _ in columns) + " |",
     ]
     for init, values in pivot.iterrows():
-        cells = ["-" if math.isnan(v) else f"{v:.3f}" for v in values]
-        lines.append(f"| {init} | " + " | ".join(cells) + " |")
+        lines.append(f"| {init} | " + " | ".join("-" if v != v else str(v) for v in values) + " |")
+    return lines
+
+
+def metric_definitions(table: pd.DataFrame, evidence: Evidence, boot: Bootstrap) -> list[str]:
+    lines = [
+        "## Metrics",
+        "",
+        "- **mIoU** is the mean over the evaluated classes of each class's IoU from the "
+        "dataset-level confusion matrix: every test tile's pixels are summed first (torchgeo's "
+        '"macro" average). A class absent from both truth and prediction is left out.',
+        "- **Per-image mIoU** (secondary) is each test tile's own mIoU over the classes present "
+        "in it, averaged over tiles.",
+        f"- **Intervals** are {boot.confidence:.0%} percentile intervals from {boot.resamples} "
+        f"bootstrap resamples of whole test tiles (seed {boot.seed}), the confusion matrix "
+        "re-summed per resample. Differences use the same resamples for both sides (paired by "
+        f"tile), or Student's t over paired seeds where each side has {MIN_SEEDS} or more.",
+        '- **Verdicts**: "holds" when the interval of the difference excludes 0 in the claimed '
+        'direction, "does not hold" when it excludes 0 the other way, "inconclusive" otherwise.',
+    ]
+    for dataset in sorted(set(table["dataset"])):
+        cell = str(table[table["dataset"] == dataset]["cell"].iloc[0])
+        lines.append(f"- {dataset}: " + _classes_line(evidence.confusions[cell]))
+    return lines
+
+
+def _classes_line(confusion: TileConfusion) -> str:
+    evaluated = ", ".join(confusion.classes[c] for c in confusion.evaluated)
+    excluded = []
+    for index, name in enumerate(confusion.classes):
+        if index == confusion.ignore_index:
+            excluded.append(f"{name} (the dataset's ignore index: its pixels are never counted)")
+        elif index not in confusion.evaluated:
+            excluded.append(
+                f"{name} (outside the dataset's official evaluation: in the matrix, not the mean)"
+            )
+    return f"mIoU over {evaluated}; excluded: {'; '.join(excluded) or 'none'}."
+
+
+def render_markdown(
+    table: pd.DataFrame,
+    evidence: Evidence,
+    verdicts: list[Verdict],
+    threshold: float,
+    plots: list[Path],
+    boot: Bootstrap,
+    data: str = "",
+) -> str:
+    cells = summary(table, evidence)
+    datasets = sorted(set(table["dataset"]))
+    tiles = ", ".join(f"{d} {evidence.tiles(d)}" for d in datasets)
+    seeds = sorted(set(table["seed"]))
+    lines = [
+        "# Subimage Overlap Prediction: results of this run",
+        "",
+        f"Data: {data or 'real: ' + ', '.join(datasets)}. {len(table)} grid cells; seeds {seeds}; "
+        f"test tiles: {tiles}.",
+        "",
+        "## Test mIoU",
+        "",
+        f"Test mIoU of each cell's best-validation checkpoint [{boot.confidence:.0%} interval]; "
+        "with several seeds, mean ± sd over seeds. Columns: dataset, backbone, label fraction.",
+        "",
+        *markdown_table(cells, _figure_text),
+        "",
+        "Per-image mIoU (secondary):",
+        "",
+        *markdown_table(cells, lambda row: f"{row['test_miou_per_image']:.3f}"),
+    ]
     val_only = table[table["evaluated_on"] != "test"]
     if len(val_only):
         names = sorted(set(val_only["dataset"]))
@@ -225,6 +244,7 @@ def render_markdown(
             f"Evaluated on the val split (test labels hidden, as for LoveDA): {names}. That "
             "split also chose the best epoch, so those figures are optimistic.",
         ]
+    lines += ["", *metric_definitions(table, evidence, boot)]
     lines += ["", f"## The paper's claims (convergence threshold {threshold:g})", ""]
     for verdict in verdicts:
         lines.append(f"- **{verdict.claim}: {verdict.verdict}.**")
@@ -292,17 +312,39 @@ def plot_fractions(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     return written
 
 
-def write_report(root: Path, out_dir: Path, threshold: float) -> dict[str, Path]:
-    """results.csv, report.md and the plots under ``out_dir``; returns their paths."""
+def result_columns(table: pd.DataFrame) -> list[str]:
+    """Identity, figures, each test figure followed by its interval, the rest."""
+    first = IDENTITY + FIGURES[:-1]
+    for column in table.columns:
+        if column.startswith("test_") and not column.endswith(("_lo", "_hi")):
+            first += [column] + [
+                f"{column}{end}" for end in ("_lo", "_hi") if f"{column}{end}" in table
+            ]
+    return first + [c for c in table.columns if c not in first]
+
+
+def write_report(
+    root: Path, out_dir: Path, threshold: float, boot: Bootstrap | None = None, data: str = ""
+) -> dict[str, Path]:
+    """results.csv, summary.csv, report.md and the plots under ``out_dir``; their paths."""
+    boot = boot or Bootstrap()
     table = collect(root)
+    evidence = Evidence.of(table, load_confusions(root, table), boot)
+    table = with_intervals(table, evidence)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = out_dir / layout.RESULTS_TABLE
-    ordered = IDENTITY + FIGURES + [c for c in table.columns if c not in IDENTITY + FIGURES]
-    table[ordered].to_csv(results, index=False)
-    plots = plot_curves(curves(root, table), out_dir, threshold) + plot_fractions(table, out_dir)
+    table[result_columns(table)].to_csv(results, index=False)
+    summary_file = out_dir / layout.SUMMARY_TABLE
+    summary(table, evidence).to_csv(summary_file, index=False)
+    curve_table = curves(root, table)
+    plots = plot_curves(curve_table, out_dir, threshold) + plot_fractions(table, out_dir)
+    never = float(curve_table["epoch"].max()) + 1
+    verdicts = check_claims(table, evidence, never)
     report = out_dir / "report.md"
-    report.write_text(render_markdown(table, check_claims(table), threshold, plots))
-    return {"results": results, "report": report, **{p.stem: p for p in plots}}
+    report.write_text(render_markdown(table, evidence, verdicts, threshold, plots, boot, data))
+    return {"results": results, "summary": summary_file, "report": report} | {
+        p.stem: p for p in plots
+    }
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The one table of backbones and initialisations, and the model names built from them.
+"""The one table of backbones and initialisations, and the names built from them.
 
 Torch-free: the params schema validates against it, and the model registries
 (``pipeline.models.backbones``, ``pipeline.models.inits``) build from it. A model is
@@ -241,3 +241,9 @@ def check_model(model: str) -> None:
         raise ValueError(
             f"{model!r}: no {init} weights for {backbone}; inits for it: {inits_for(backbone)}"
         )
+
+
+def metric_name(class_name: str) -> str:
+    """A class name as a metric-name part (``test_iou_<part>``): lower case, runs of other
+    characters as '_'."""
+    return re.sub(r"[^a-z0-9]+", "_", class_name.lower()).strip("_") or "class"

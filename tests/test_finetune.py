@@ -23,12 +23,12 @@ from pipeline.train.finetune import (
     SegmentationTask,
     SegmentationTiles,
     convergence_epoch,
-    metric_name,
     sliding_window_logits,
     training_augmentation,
     window_starts,
 )
 from pipeline.train.seeds import sample_seed, seed_worker
+from pipeline.zoo import metric_name
 
 
 def tiles(store_dir: Path, crop: int = 128) -> SegmentationTiles:

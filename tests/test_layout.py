@@ -127,6 +127,7 @@ def expected(root: Path) -> dict[str, Expected]:
                 "outs": [
                     layout.confusion_path(root, CELL, ".json"),
                     layout.confusion_path(root, CELL, ".png"),
+                    layout.tile_confusion_path(root, CELL),
                 ],
             },
         ),
@@ -137,6 +138,7 @@ def expected(root: Path) -> dict[str, Expected]:
                     layout.finetune_metrics_dir(root),
                     layout.evaluate_metrics_dir(root),
                     layout.finetune_curves_dir(root),
+                    layout.tile_confusion_dir(root),
                 ],
                 "outs": [layout.results_dir(root)],
             },

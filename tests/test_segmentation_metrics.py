@@ -8,7 +8,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.train.segmentation_metrics import confusion_matrix, iou_per_class, mean_iou
+from pipeline.train.segmentation_metrics import (
+    confusion_matrices,
+    confusion_matrix,
+    iou_per_class,
+    mean_iou,
+)
 
 
 def test_confusion_matrix_and_iou_by_hand() -> None:
@@ -162,3 +167,14 @@ def test_ddp_all_reduce_over_two_gloo_processes_gives_the_hand_computed_matrix(
     mp.spawn(_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         assert torch.load(tmp_path / f"rank{rank}.pt").tolist() == HAND
+
+
+def test_per_image_matrices_are_each_images_own_and_sum_to_the_batchs() -> None:
+    generator = torch.Generator().manual_seed(0)
+    truth = torch.randint(0, 4, (3, 5, 6), generator=generator)
+    guess = torch.randint(0, 4, (3, 5, 6), generator=generator)
+    per_image = confusion_matrices(guess, truth, 4, ignore_index=3)
+    assert per_image.shape == (3, 4, 4)
+    for i in range(3):
+        assert torch.equal(per_image[i], confusion_matrix(guess[i], truth[i], 4, ignore_index=3))
+    assert torch.equal(per_image.sum(0), confusion_matrix(guess, truth, 4, ignore_index=3))

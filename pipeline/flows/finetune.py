@@ -10,8 +10,9 @@ fraction, seed), named ``<model>-<fraction>-s<seed>`` under its dataset. Outputs
 - ``finetune``: ``models/finetune/<dataset>/<cell>/best.safetensors`` (the best-validation
   epoch's segmenter) and ``run.json``; ``metrics/finetune/<dataset>/<cell>.json``; the per-epoch
   curves ``plots/finetune/<dataset>/<cell>.csv``.
-- ``evaluate``: ``metrics/evaluate/<dataset>/<cell>.json`` (mIoU, per-class IoU on the test
-  split) and ``reports/confusion/<dataset>/<cell>.json`` and ``.png``.
+- ``evaluate``: ``metrics/evaluate/<dataset>/<cell>.json`` (mIoU, per-class IoU and per-image
+  mIoU on the test split), ``reports/confusion/<dataset>/<cell>.json`` and ``.png``, and each
+  tile's own matrix in ``reports/tiles/<dataset>/<cell>.npz`` (the report's intervals).
 
 Every metrics file carries the cell's identity (dataset, backbone, init, fraction, seed), so the
 report never parses names. Each flow opens its MLflow run; evaluate also adds its figures and the
@@ -42,6 +43,7 @@ from pipeline.flows.common import (
     write_json,
 )
 from pipeline.flows.training import TrainingStage, run_training_stage
+from pipeline.intervals import TileConfusion, per_image_miou
 from pipeline.models.backbones import create_backbone
 from pipeline.models.inits import INITS, init_state, load_init, normalisation_for
 from pipeline.models.weights import WeightsError, save_encoder
@@ -379,7 +381,15 @@ def evaluate_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
         evaluation = evaluate_weights(
             store, rows, cell.backbone, cell.init, out / layout.BEST_WEIGHTS_FILE, f, device
         )
-        matrix, figures = evaluation.matrix, evaluation.figures
+        matrix = evaluation.matrix
+        tile_confusion = TileConfusion(
+            evaluation.per_tile.numpy(),
+            rows.astype(np.int64),
+            tuple(meta.class_names),
+            evaluation.evaluated_classes,
+            meta.ignore_index,
+        )
+        figures = {**evaluation.figures, "test_miou_per_image": per_image_miou(tile_confusion)}
         metrics: dict[str, Any] = {
             **cell.identity(),
             **figures,
@@ -401,6 +411,7 @@ def evaluate_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
             "matrix": matrix.tolist(),
         }
         write_json(layout.evaluate_metrics_path(root, cell), metrics)
+        tile_confusion.write(layout.tile_confusion_path(root, cell))
         json_file = layout.confusion_path(root, cell, ".json")
         png_file = layout.confusion_path(root, cell, ".png")
         write_json(json_file, confusion)

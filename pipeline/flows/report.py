@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow
 
 from pipeline import layout
+from pipeline.claims import Bootstrap
 from pipeline.config import Params
 from pipeline.flows.common import tracked_run
 from pipeline.report import write_report
@@ -15,7 +16,10 @@ from pipeline.report import write_report
 
 def report_section(params: Params) -> dict[str, Any]:
     """The params the report reads (what DVC declares for it)."""
-    return {"finetune": {"convergence_threshold": params.finetune.convergence_threshold}}
+    return {
+        "finetune": {"convergence_threshold": params.finetune.convergence_threshold},
+        "report": params.report.model_dump(mode="json"),
+    }
 
 
 @flow(name="report", flow_run_name="report", log_prints=True)
@@ -25,7 +29,9 @@ def report_flow(params: Params, root: Path) -> dict[str, Path]:
     with tracked_run("report", params, root, "report", report_section(params)):
         import mlflow
 
-        paths = write_report(root, out, params.finetune.convergence_threshold)
+        r = params.report
+        boot = Bootstrap(r.resamples, r.confidence, r.seed)
+        paths = write_report(root, out, params.finetune.convergence_threshold, boot, r.data)
         for path in paths.values():
             mlflow.log_artifact(str(path))
     print(f"report: {paths['report']} (results table: {paths['results']})")

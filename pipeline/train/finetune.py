@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,11 +47,12 @@ from pipeline.train.jobs import (
 from pipeline.train.seeds import sample_seed
 from pipeline.train.segmentation_metrics import (
     classes_in_mean,
+    confusion_matrices,
     confusion_matrix,
     iou_per_class,
     mean_iou,
 )
-from pipeline.zoo import base_init
+from pipeline.zoo import base_init, metric_name
 
 IGNORE_NOTHING = -100  # F.cross_entropy's default: no label equals it
 
@@ -197,9 +197,29 @@ class SegmentationTask:
         self, model: nn.Module, loader: DataLoader[Any], device: torch.device
     ) -> dict[str, Tensor]:
         """The confusion matrix of the whole tiles in ``loader`` (additive over batches)."""
+        matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=device)
+        for predicted, masks in self.predictions(model, loader, device):
+            matrix += confusion_matrix(predicted, masks, self.num_classes, self.ignore_index)
+        return {"confusion": matrix}
+
+    @torch.no_grad()
+    def per_tile_confusion(
+        self, model: nn.Module, loader: DataLoader[Any], device: torch.device
+    ) -> Tensor:
+        """(tiles, C, C): each tile's own confusion matrix, in the loader's order."""
+        matrices = [
+            confusion_matrices(predicted, masks, self.num_classes, self.ignore_index).cpu()
+            for predicted, masks in self.predictions(model, loader, device)
+        ]
+        empty = torch.zeros(0, self.num_classes, self.num_classes, dtype=torch.int64)
+        return torch.cat(matrices) if matrices else empty
+
+    def predictions(
+        self, model: nn.Module, loader: DataLoader[Any], device: torch.device
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """(predicted classes, masks) per batch of whole tiles, in eval mode."""
         was_training = model.training
         model.eval()
-        matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=device)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
         for _, (images, masks) in loader:
             with autocast:
@@ -210,11 +230,8 @@ class SegmentationTask:
                     self.window_overlap,
                     self.num_classes,
                 )
-            matrix += confusion_matrix(
-                logits.argmax(1), masks.to(device), self.num_classes, self.ignore_index
-            )
+            yield logits.argmax(1), masks.to(device)
         model.train(was_training)
-        return {"confusion": matrix}
 
     def summarise(self, sums: Mapping[str, Tensor], prefix: str = "val") -> dict[str, float]:
         """``<prefix>_miou``, ``<prefix>_pixel_accuracy`` and ``<prefix>_iou_<class>``."""
@@ -230,11 +247,6 @@ class SegmentationTask:
         for name, iou in zip(self.class_names, ious, strict=True):
             metrics[f"{prefix}_iou_{metric_name(name)}"] = iou
         return metrics
-
-
-def metric_name(class_name: str) -> str:
-    """A class name as a metric-name part: lower case, runs of other characters as '_'."""
-    return re.sub(r"[^a-z0-9]+", "_", class_name.lower()).strip("_") or "class"
 
 
 def convergence_epoch(
@@ -338,6 +350,7 @@ def run_finetune(job: FinetuneJob) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Evaluation:
     matrix: Tensor  # int64 (classes, classes): rows the true class, columns the predicted
+    per_tile: Tensor  # int64 (tiles, classes, classes), the tiles in ``rows`` order
     figures: dict[str, float]  # test_miou, test_pixel_accuracy, test_iou_<class>
     evaluated_classes: tuple[int, ...]  # the classes in the mean
 
@@ -361,6 +374,7 @@ def evaluate_weights(
     task = SegmentationTask.for_store(model, store.meta, base_init(init), params)
     tiles = SegmentationTiles(store, rows)
     loader = validation_loader(tiles, params.batch_size, distributed.SINGLE_PROCESS)
-    matrix = task.validation_sums(model, loader, device)["confusion"].cpu()
+    per_tile = task.per_tile_confusion(model, loader, device)
+    matrix = per_tile.sum(0)
     figures = task.summarise({"confusion": matrix}, prefix="test")
-    return Evaluation(matrix, figures, task.evaluated_classes)
+    return Evaluation(matrix, per_tile, figures, task.evaluated_classes)

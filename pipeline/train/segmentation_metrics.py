@@ -34,6 +34,25 @@ def confusion_matrix(
     return counts.reshape(num_classes, num_classes)
 
 
+def confusion_matrices(
+    predicted: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = None
+) -> Tensor:
+    """(B, C, C) int64 counts, one matrix per image of a (B, H, W) batch, as
+    :func:`confusion_matrix` counts them: per-image matrices let a report resample images."""
+    if predicted.shape != target.shape or predicted.dim() < 2:
+        raise ValueError(f"prediction {tuple(predicted.shape)} vs target {tuple(target.shape)}")
+    batch = predicted.shape[0]
+    truth = target.reshape(batch, -1).long()
+    guess = predicted.reshape(batch, -1).long().clamp(0, num_classes - 1)
+    keep = (truth >= 0) & (truth < num_classes)
+    if ignore_index is not None:
+        keep &= truth != ignore_index
+    image = torch.arange(batch, device=truth.device).unsqueeze(1).expand_as(truth)
+    flat = (image * num_classes + truth) * num_classes + guess
+    counts = torch.bincount(flat[keep], minlength=batch * num_classes * num_classes)
+    return counts.reshape(batch, num_classes, num_classes)
+
+
 def iou_per_class(matrix: Tensor) -> Tensor:
     """(C,) float IoU per class; NaN for a class neither present nor predicted."""
     matrix = matrix.double()
