@@ -228,7 +228,7 @@ def pretext(
     checks = pretext_checks(params_file.resolve().parent)
     for check in checks:
         typer.echo(check.line(min_margin))
-    if strict and any(check.margin < min_margin for check in checks):
+    if strict and not all(check.passes(min_margin) for check in checks):
         raise typer.Exit(1)
 
 

@@ -503,6 +503,16 @@ class FinetuneParams(_Section):
         description="The paper's convergence measure: the first epoch whose validation mIoU "
         "reaches this.",
     )
+    sop_gate: bool = Field(
+        default=True,
+        description="weights@<backbone>-sop* refuses an SOP encoder whose pretext val_iou does "
+        "not beat its centred-box baseline_iou by sop_gate_margin (metrics/pretrain/).",
+    )
+    sop_gate_margin: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.05,
+        description="decided: how far the pretext val_iou must exceed the baseline_iou (the "
+        "paper's own sanity target is IoU > 0.95 on LandCover.ai).",
+    )
 
     @field_validator("models")
     @classmethod

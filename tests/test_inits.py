@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ import torch
 from safetensors.torch import save_file
 
 from pipeline import layout
-from pipeline.errors import ChecksumError
+from pipeline.config import Params
+from pipeline.errors import ChecksumError, DataError
 from pipeline.models.backbones import create_backbone
 from pipeline.models.inits import (
     IMAGENET,
@@ -33,7 +35,7 @@ from pipeline.models.inits import (
     normalisation_for,
 )
 from pipeline.models.weights import WeightsError, save_encoder
-from pipeline.zoo import BACKBONES, Init
+from pipeline.zoo import BACKBONES, Init, sop_variant, split_model
 from tests.servers import FileServer
 
 State = dict[str, torch.Tensor]
@@ -443,6 +445,92 @@ def test_the_weights_stage_without_an_encoder_says_which_stage_to_run(tmp_path: 
     with pytest.raises(WeightsError, match=rf"dvc repro pretrain@resnet_demo-{variant}\)"):
         weights_flow.fn("resnet_demo-sop", params, tmp_path)
     assert not layout.init_path(tmp_path, "resnet_demo-sop").exists()
+
+
+# --- the SOP encoder's pretext gate (finetune.sop_gate) ------------------------------------------
+
+BASELINE = 0.433  # the demo's centred-box baseline_iou
+
+
+def sop_project(root: Path, val_iou: float | None, *overrides: str) -> tuple[Params, Path]:
+    """The demo's params and, under ``root``, the SOP model's pretrain encoder and (unless
+    ``val_iou`` is None) its pretext metrics file, whose path is returned."""
+    from pipeline.config import load_params
+
+    params = load_params(ROOT / "demo" / "params.yaml", overrides)
+    init = split_model(params.finetune.models[-1])[1]
+    name = f"resnet_demo-{sop_variant(init, params.pretrain.main_variant)}"
+    encoder = layout.pretrain_dir(root, name) / layout.ENCODER_FILE
+    encoder.parent.mkdir(parents=True)
+    save_encoder(create_backbone("resnet_demo", 128), encoder, {"backbone": "resnet_demo"})
+    metrics = layout.pretrain_metrics_path(root, name)
+    if val_iou is not None:
+        metrics.parent.mkdir(parents=True)
+        metrics.write_text(json.dumps({"val_iou": val_iou, "baseline_iou": BASELINE}))
+    return params, metrics
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (),
+        ("pretrain.color_jitters=[0.0, 0.4]", "finetune.models=[resnet_demo-sop-56-0.4]"),
+    ],
+    ids=["sop", "ablation"],
+)
+def test_the_weights_stage_refuses_an_encoder_below_the_pretext_margin(
+    tmp_path: Path, overrides: tuple[str, ...]
+) -> None:
+    from pipeline.flows.finetune import weights_flow
+
+    params, metrics = sop_project(tmp_path, 0.47, *overrides)
+    model = params.finetune.models[-1]
+    with pytest.raises(DataError) as refused:
+        weights_flow.fn(model, params, tmp_path)
+    assert str(refused.value) == (
+        f"{metrics}: val_iou 0.47 does not beat the centred-box baseline_iou 0.433 by "
+        "finetune.sop_gate_margin 0.05: the SOP encoder learned little beyond the position "
+        "prior (finetune.sop_gate: false to use it)"
+    )
+    assert not layout.init_path(tmp_path, model).exists()
+
+
+def test_an_encoder_at_the_margin_passes_and_its_figures_are_recorded(tmp_path: Path) -> None:
+    from pipeline.flows.finetune import weights_flow
+
+    params, metrics = sop_project(tmp_path, 0.483)  # 0.05 above the baseline, as rounded
+    provenance = weights_flow.fn("resnet_demo-sop", params, tmp_path)
+    assert provenance["sop_gate"] == {
+        "metrics": metrics.relative_to(tmp_path).as_posix(),
+        "val_iou": 0.483,
+        "baseline_iou": BASELINE,
+        "margin": 0.05,
+    }
+    written = layout.init_path(tmp_path, "resnet_demo-sop").with_suffix(".json")
+    assert json.loads(written.read_text())["sop_gate"] == provenance["sop_gate"]
+
+
+@pytest.mark.parametrize("val_iou", [0.40, None], ids=["below-baseline", "no-metrics"])
+def test_with_the_gate_off_any_encoder_is_used(tmp_path: Path, val_iou: float | None) -> None:
+    from pipeline.flows.finetune import weights_flow
+
+    params, _ = sop_project(tmp_path, val_iou, "finetune.sop_gate=false")
+    provenance = weights_flow.fn("resnet_demo-sop", params, tmp_path)
+    assert "sop_gate" not in provenance
+    assert layout.init_path(tmp_path, "resnet_demo-sop").is_file()
+
+
+def test_without_pretext_metrics_the_gate_names_the_file_and_the_stage(tmp_path: Path) -> None:
+    from pipeline.flows.finetune import weights_flow
+
+    params, metrics = sop_project(tmp_path, None)
+    with pytest.raises(DataError) as refused:
+        weights_flow.fn("resnet_demo-sop", params, tmp_path)
+    variant = params.pretrain.main_variant
+    assert str(refused.value) == (
+        f"{metrics}: no pretext metrics for the SOP encoder; run "
+        f"`dvc repro pretrain@resnet_demo-{variant}` (or set finetune.sop_gate: false)"
+    )
 
 
 def test_a_missing_backbone_key_fails_naming_it() -> None:

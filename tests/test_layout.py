@@ -98,8 +98,9 @@ def expected(root: Path) -> dict[str, Expected]:
         "weights": Expected(
             {"item": MODEL},
             {
-                # Every pretext variant's encoder folder (DVC deps cannot differ per item).
-                "deps": [encoder_dir.parent],
+                # Every pretext variant's encoder and metrics folders (DVC deps cannot differ
+                # per item).
+                "deps": [encoder_dir.parent, layout.pretrain_metrics_dir(root)],
                 "outs": [
                     layout.init_path(root, MODEL),
                     layout.init_path(root, MODEL).with_suffix(".json"),

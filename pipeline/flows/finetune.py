@@ -5,7 +5,8 @@ fraction, seed), named ``<model>-<fraction>-s<seed>`` under its dataset. Outputs
 
 - ``weights``: ``models/init/<model>.safetensors``: the init's encoder in the backbone's exact
   layout (random weights from the seed; published weights fetched, verified and loaded with
-  every missing and unexpected key reported; SOP: a pretrain stage's encoder), and
+  every missing and unexpected key reported; SOP: a pretrain stage's encoder, refused unless its
+  pretext val_iou beats the centred-box baseline by ``finetune.sop_gate_margin``), and
   ``<model>.json``, its provenance and load report.
 - ``finetune``: ``models/finetune/<dataset>/<cell>/best.safetensors`` (the best-validation
   epoch's segmenter) and ``run.json``; ``metrics/finetune/<dataset>/<cell>.json``; the per-epoch
@@ -47,7 +48,7 @@ from pipeline.intervals import TileConfusion, per_image_miou
 from pipeline.models.backbones import create_backbone
 from pipeline.models.inits import INITS, init_state, load_init, normalisation_for
 from pipeline.models.weights import WeightsError, save_encoder
-from pipeline.report import plot_confusion
+from pipeline.report import PretextCheck, plot_confusion, pretext_check
 from pipeline.train.finetune import FinetuneJob, evaluate_weights
 from pipeline.train.jobs import resolve_device, resolve_processes
 from pipeline.transfer import file_digest
@@ -106,6 +107,7 @@ def weights_section(params: Params, model: str) -> dict[str, Any]:
         },
     }
     if base_init(init) == "sop":
+        section["finetune"] |= {"sop_gate": f.sop_gate, "sop_gate_margin": f.sop_gate_margin}
         section["pretrain"] = {"pretext_variant": sop_variant(init, params.pretrain.main_variant)}
     return section
 
@@ -186,6 +188,8 @@ def weights_flow(model: str, params: Params, root: Path) -> dict[str, Any]:
             f"{model}: no pretrained encoder at {sop_encoder}; run its pretrain stage "
             f"(dvc repro pretrain@{sop_name}) or set finetune.weights_file.sop"
         )
+    # A local file (weights_file.sop) is not a pretrain stage's encoder: it has no pretext figures.
+    gate = sop_gate(params, root, sop_name) if sop_name and weights_file is None else None
     out = layout.init_path(root, model)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tracked_run("weights", params, root, model, weights_section(params, model)):
@@ -223,6 +227,11 @@ def weights_flow(model: str, params: Params, root: Path) -> dict[str, Any]:
             provenance["pretrain_provenance"] = _read_json(
                 layout.pretrain_dir(root, sop_name) / layout.PROVENANCE_FILE
             )
+        if gate is not None:
+            provenance["sop_gate"] = _gate_record(gate, f.sop_gate_margin, root)
+            mlflow.log_metrics(
+                {"pretext_val_iou": gate.val_iou, "pretext_baseline_iou": gate.baseline_iou}
+            )
         write_json(out.with_suffix(".json"), provenance)
         mlflow.log_dict(provenance, "weights.json")
         if report is not None:
@@ -236,6 +245,38 @@ def weights_flow(model: str, params: Params, root: Path) -> dict[str, Any]:
 
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def sop_gate(params: Params, root: Path, sop_name: str) -> PretextCheck | None:
+    """The pretext figures of the SOP encoder ``sop_name``, refused (DataError) unless its
+    val_iou beats the centred-box baseline by ``finetune.sop_gate_margin``; None when off."""
+    f = params.finetune
+    if not f.sop_gate:
+        return None
+    path = layout.pretrain_metrics_path(root, sop_name)
+    if not path.is_file():
+        raise DataError(
+            f"{path}: no pretext metrics for the SOP encoder; run `dvc repro pretrain@{sop_name}` "
+            "(or set finetune.sop_gate: false)"
+        )
+    check = pretext_check(path)
+    if not check.passes(f.sop_gate_margin):
+        raise DataError(
+            f"{path}: val_iou {check.val_iou:g} does not beat the centred-box baseline_iou "
+            f"{check.baseline_iou:g} by finetune.sop_gate_margin {f.sop_gate_margin:g}: the SOP "
+            "encoder learned little beyond the position prior (finetune.sop_gate: false to use it)"
+        )
+    return check
+
+
+def _gate_record(check: PretextCheck, margin: float, root: Path) -> dict[str, Any]:
+    path = layout.pretrain_metrics_path(root, check.run)
+    return {
+        "metrics": portable_path(path, root),
+        "val_iou": check.val_iou,
+        "baseline_iou": check.baseline_iou,
+        "margin": margin,
+    }
 
 
 # --- finetune --------------------------------------------------------------------------------
