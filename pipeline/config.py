@@ -481,6 +481,11 @@ class FinetuneParams(_Section):
         "to 'own', the normalisation the init was pretrained with (Sentinel-2 reflectance "
         "scalings do not fit 8-bit aerial RGB).",
     )
+    backbone_input_size: dict[str, PositiveInt] = Field(
+        default_factory=dict,
+        description="A backbone's own crop side where input_size does not suit it (a ViT's "
+        "multiple of 14 beside a ResNet's 32), e.g. {vit_tiny_demo: 126}.",
+    )
     input_size: PositiveInt = Field(
         default=448,
         description="Crop side; a multiple of the ViT patch size (14) and of 32 for a ResNet.",
@@ -522,12 +527,34 @@ class FinetuneParams(_Section):
         _check_unique(value)
         return value
 
+    @field_validator("backbone_input_size")
+    @classmethod
+    def _multiple_for_its_backbone(cls, value: dict[str, int]) -> dict[str, int]:
+        for backbone, size in value.items():
+            if backbone not in BACKBONES:
+                raise PydanticCustomError(
+                    "unknown_backbone",
+                    "unknown backbone {backbone}; known: {known}",
+                    {"backbone": backbone, "known": list(BACKBONES)},
+                )
+            _check_multiple(size, backbone, pretext=False)
+        return value
+
     @field_validator("input_size")
     @classmethod
     def _multiple_for_every_backbone(cls, value: int, info: ValidationInfo) -> int:
+        own = info.data.get("backbone_input_size") or {}
         for model in info.data.get("models") or []:
-            _check_multiple(value, split_model(model)[0], pretext=False)
+            if split_model(model)[0] not in own:
+                _check_multiple(value, split_model(model)[0], pretext=False)
         return value
+
+    def input_size_of(self, backbone: str) -> int:
+        return self.backbone_input_size.get(backbone, self.input_size)
+
+    def for_backbone(self, backbone: str) -> FinetuneParams:
+        """These params with ``input_size`` as ``backbone`` trains and evaluates at."""
+        return self.model_copy(update={"input_size": self.input_size_of(backbone)})
 
     @field_validator("datasets", "seeds")
     @classmethod

@@ -81,11 +81,12 @@ def artifact_location(root: Path) -> str | None:
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """``{'a': {'b': 1}, 'c': [1, 2]}`` -> ``{'a.b': '1', 'c': '[1, 2]'}``."""
+    """``{'a': {'b': 1}, 'c': [1, 2], 'd': {}}`` -> ``{'a.b': '1', 'c': '[1, 2]', 'd': '{}'}``
+    (an empty mapping is a setting too)."""
     flat: dict[str, str] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and value:
             flat.update(flatten(value, prefix=f"{name}."))
         else:
             flat[name] = str(value)[:MAX_PARAM_VALUE]

@@ -117,6 +117,16 @@ def test_root_params_are_the_paper_defaults() -> None:
             "needs resnet_demo in pretrain.backbones",
         ),
         ("finetune:\n  seeds: [0, 0]\n", "finetune.seeds", "listed twice"),
+        (
+            "finetune:\n  models: [vits14-random]\n  backbone_input_size: {vits14: 128}\n",
+            "finetune.backbone_input_size",
+            "not a multiple of 14 (vits14)",
+        ),
+        (
+            "finetune:\n  backbone_input_size: {vit_huge: 126}\n",
+            "finetune.backbone_input_size",
+            "unknown backbone vit_huge",
+        ),
         ("compute:\n  devices: 0\n", "compute.devices", "positive number of processes"),
         ("finetune:\n  input_size: 450\n", "finetune.input_size", "not a multiple of 14"),
         (
@@ -210,3 +220,18 @@ def test_a_backbone_can_train_for_its_own_number_of_epochs() -> None:
                 "finetune": {"models": ["resnet50-random"]},
             }
         )
+
+
+def test_a_backbone_can_train_at_its_own_input_size() -> None:
+    params = params_from_mapping(
+        {
+            "finetune": {
+                "models": ["resnet_demo-random", "vit_tiny_demo-random"],
+                "input_size": 128,  # not a multiple of 14: the ViT has its own
+                "backbone_input_size": {"vit_tiny_demo": 126},
+            },
+        }
+    )
+    assert params.finetune.input_size_of("vit_tiny_demo") == 126
+    assert params.finetune.for_backbone("resnet_demo").input_size == 128
+    assert params.finetune.for_backbone("vit_tiny_demo").input_size == 126

@@ -473,7 +473,7 @@ def sop_project(root: Path, val_iou: float | None, *overrides: str) -> tuple[Par
 @pytest.mark.parametrize(
     "overrides",
     [
-        (),
+        ("finetune.models=[resnet_demo-random, resnet_demo-sop]",),
         ("pretrain.color_jitters=[0.0, 0.4]", "finetune.models=[resnet_demo-sop-56-0.4]"),
     ],
     ids=["sop", "ablation"],

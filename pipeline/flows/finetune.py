@@ -102,7 +102,8 @@ def weights_section(params: Params, model: str) -> dict[str, Any]:
         "seed": params.seed,
         "finetune": {
             "model": model,
-            "input_size": f.input_size,
+            "input_size": f.input_size_of(split_model(model)[0]),
+            "backbone_input_size": f.backbone_input_size,
             "weights_file": f.weights_file.get(base_init(init)),
         },
     }
@@ -136,6 +137,8 @@ def finetune_section(params: Params, cell: Cell) -> dict[str, Any]:
         "model": cell.model,
         "fraction": float(cell.fraction),
         "seed": cell.seed,
+        "input_size": params.finetune.input_size_of(cell.backbone),
+        "backbone_input_size": params.finetune.backbone_input_size,
         "normalisation": params.finetune.normalisation_of(cell.init),
     }
     return {"finetune": section, "compute": params.compute.model_dump()}
@@ -149,6 +152,8 @@ def evaluate_section(params: Params, cell: Cell) -> dict[str, Any]:
         "model": cell.model,
         "fraction": float(cell.fraction),
         "seed": cell.seed,
+        "input_size": params.finetune.input_size_of(cell.backbone),
+        "backbone_input_size": params.finetune.backbone_input_size,
         "normalisation": params.finetune.normalisation_of(cell.init),
     }
     return {"finetune": section, "compute.device": params.compute.device}
@@ -206,7 +211,7 @@ def weights_flow(model: str, params: Params, root: Path) -> dict[str, Any]:
         )
         # The seed decides the random init (and nothing else here).
         torch.manual_seed(params.seed)
-        encoder = create_backbone(backbone, f.input_size)
+        encoder = create_backbone(backbone, f.input_size_of(backbone))
         report = None if state is None else load_init(encoder, backbone, state, source)
         save_encoder(encoder, out, {"init": init, "backbone": backbone})
         own = normalisation_for(kind, "own")
@@ -221,7 +226,7 @@ def weights_flow(model: str, params: Params, root: Path) -> dict[str, Any]:
             "missing_keys": [] if report is None else list(report.missing),
             "unexpected_keys": [] if report is None else list(report.unexpected),
             "own_normalisation": {"mean": list(own.mean), "std": list(own.std)},
-            "input_size": f.input_size,
+            "input_size": f.input_size_of(backbone),
         }
         if sop_name is not None:
             provenance["pretrain_provenance"] = _read_json(
@@ -396,7 +401,7 @@ def evaluation_rows(
 def evaluate_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
     """The best-validation checkpoint of a cell on the test split, whole tiles."""
     _check_cell(params, cell)
-    f = params.finetune
+    f = params.finetune.for_backbone(cell.backbone)
     out = layout.cell_dir(root, cell)
     if not (out / layout.RUN_FILE).exists():
         raise DataError(

@@ -280,7 +280,7 @@ class FinetuneJob(JobFile):
 def run_finetune(job: FinetuneJob) -> dict[str, Any]:
     """Fine-tune a segmenter from the job's init on its label fraction; keep the best epoch."""
     params = job.params
-    f = params.finetune
+    f = params.finetune.for_backbone(job.backbone)
     context = distributed.from_environment()
     store = TileStore(job.store_dir)
     meta = store.meta
