@@ -145,7 +145,7 @@ class Estimate:
     value: float
     low: float
     high: float
-    basis: str  # "paired over 3 seeds", "tile bootstrap (13 tiles, 1 seed)"
+    basis: str  # "paired over 3 seeds", "tile bootstrap, 13 tiles, 1 seed"
 
     def text(self, digits: int = 3) -> str:
         return f"{self.value:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
@@ -185,7 +185,7 @@ def contrast(
     tiles = draws.shape[1]
     counts = sorted({len(seeds) for _, seeds in terms})
     seeds_text = "/".join(str(c) for c in counts)
-    label = f"tile bootstrap ({tiles} tiles, {seeds_text} seed{'s' if counts[-1] > 1 else ''})"
+    label = f"tile bootstrap, {tiles} tiles, {seeds_text} seed{'s' if counts[-1] > 1 else ''}"
     return Estimate(float(point), low, high, label)
 
 

@@ -87,7 +87,7 @@ def test_a_contrast_is_paired_by_tile_below_three_seeds_and_by_seed_from_three()
     better[:, 0, 0] += 20  # more hits on class 0 on every tile
     draws = tile_resamples(30, 300, 0)
     by_tile = contrast([(1.0, {0: better}), (-1.0, {0: base})], (0, 1), draws, 0.95)
-    assert by_tile.basis == "tile bootstrap (30 tiles, 1 seed)"
+    assert by_tile.basis == "tile bootstrap, 30 tiles, 1 seed"
     assert 0 < by_tile.low <= by_tile.value <= by_tile.high
     seeds = {s: better + s for s in range(3)}
     rivals = {s: base + s for s in range(3)}

@@ -105,7 +105,7 @@ def test_a_clear_tile_by_tile_win_holds_and_a_clear_loss_does_not(tmp_path: Path
     won, lost = verdicts(tmp_path / "win"), verdicts(tmp_path / "loss")
     assert won["reaches"] == "holds", won
     assert lost["reaches"] == "does not hold", lost
-    assert "tile bootstrap (24 tiles, 1 seed)" in won["reaches-evidence"]
+    assert "tile bootstrap, 24 tiles, 1 seed" in won["reaches-evidence"]
 
 
 def test_a_difference_that_changes_sign_from_tile_to_tile_is_inconclusive(tmp_path: Path) -> None:
