@@ -27,6 +27,7 @@ import pandas as pd
 
 from pipeline import layout
 from pipeline.errors import DataError
+from pipeline.sweeps import sweep_sections
 
 IDENTITY = ["dataset", "backbone", "init", "label_fraction", "seed"]
 FIGURES = ["best_val_miou", "epoch_to_threshold", "test_miou"]
@@ -301,8 +302,10 @@ def write_report(root: Path, out_dir: Path, threshold: float) -> dict[str, Path]
     table[ordered].to_csv(results, index=False)
     plots = plot_curves(curves(root, table), out_dir, threshold) + plot_fractions(table, out_dir)
     report = out_dir / "report.md"
-    report.write_text(render_markdown(table, check_claims(table), threshold, plots))
-    return {"results": results, "report": report, **{p.stem: p for p in plots}}
+    sweep_lines, sweep_plots = sweep_sections(table, out_dir)
+    markdown = render_markdown(table, check_claims(table), threshold, plots)
+    report.write_text(markdown + "".join(f"{line}\n" for line in sweep_lines))
+    return {"results": results, "report": report, **{p.stem: p for p in plots + sweep_plots}}
 
 
 @dataclass(frozen=True)
