@@ -344,6 +344,17 @@ def sweep_demo(project: Path, other: dict[str, str]) -> Path:
     return demo
 
 
+def dvc(demo: Path, *args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=demo,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
+
+
 def provenance(demo: Path, run: str) -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads(
         (layout.pretrain_dir(demo, run) / layout.PROVENANCE_FILE).read_text()
@@ -367,14 +378,7 @@ def test_both_sweeps_run_on_the_demo_profile_and_render_their_tables(tmp_path: P
         timeout=900,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    stages = subprocess.run(
-        [sys.executable, "-m", "dvc", "stage", "list", "--name-only"],
-        cwd=demo,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout.split()
+    stages = dvc(demo, "stage", "list", "--name-only").split()
     assert {"pretrain_images@resnet_demo-0.5", f"pretrain_transfer@resnet_demo-{OTHER}"} <= set(
         stages
     )
@@ -399,3 +403,13 @@ def test_both_sweeps_run_on_the_demo_profile_and_render_their_tables(tmp_path: P
         assert (layout.results_dir(demo) / png).read_bytes()[:4] == b"\x89PNG"
     table = pd.read_csv(layout.results_dir(demo) / layout.RESULTS_TABLE)
     assert len(table) == 2 * 3  # two datasets x three models x one fraction x one seed
+    assert "up to date" in dvc(demo, "status")
+    # Without the sweeps (the defaults): the same stages but theirs, every one still up to
+    # date, so adding a sweep to a finished grid leaves that grid alone.
+    params = yaml.safe_load((demo / "params.yaml").read_text())
+    params["pretrain"].update(image_fractions=[], datasets=[])
+    params["finetune"]["models"] = ["resnet_demo-sop"]
+    (demo / "params.yaml").write_text(yaml.safe_dump(params))
+    remaining = dvc(demo, "stage", "list", "--name-only").split()
+    assert not [s for s in remaining if s.startswith(("pretrain_", "weights@resnet_demo-sop-"))]
+    assert "up to date" in dvc(demo, "status")
