@@ -108,6 +108,18 @@ def test_sweep_params_errors_are_one_line_naming_the_parameter(
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("root", [REPO, REPO / "demo"], ids=["paper", "demo"])
+def test_no_sweep_stage_by_default(root: Path) -> None:
+    """DVC renders a matrix over an empty list as no stage: the profiles' grids are as they
+    were without the sweeps."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        groups = {stage.name.split("@")[0] for stage in repo.index.stages}
+    assert "pretrain" in groups
+    assert not groups & {"pretrain_images", "pretrain_transfer"}
+
+
 def test_swept_inits_are_fine_tuned_by_listing_them() -> None:
     params = sweep_params(datasets=["loveda"])
     models = ["resnet50-sop-img0.5", "resnet50-sop-loveda"]
