@@ -22,7 +22,7 @@ InitKind = Literal["random", "sop", "timm", "url"]
 # torch.hub's convention: the hex digits after the last "-" of the file name before its suffix.
 SHA256_PREFIX = re.compile(r"-([0-9a-f]{8,64})$")
 DATASET_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
-# The SOP init's grammar (README, "Parameters"); a dataset name holds no '.', so never matches
+# The SOP init's grammar (README, "Sweeps"); a dataset name holds no '.', so never matches
 # the image-fraction form. '@' is not used: DVC splits a stage name at its last '@'.
 SOP_GRAMMAR = "sop, sop-<subimage>-<jitter>, sop-img<fraction> or sop-<dataset>"
 IMAGES_TOKEN = re.compile(r"img(\d*\.\d+)")
