@@ -130,11 +130,19 @@ def _run_params(
     return params.for_pretext(subimage_size, color_jitter), name, dataset
 
 
-@flow(
-    name="pretrain",
-    flow_run_name="pretrain-{backbone}-{subimage_size}-{color_jitter}",
-    log_prints=True,
-)
+def _flow_run_name() -> str:
+    """``pretrain-<run>``, a sweep's run by its own name (``pretrain-vits14-img0.25``)."""
+    from prefect.runtime import flow_run
+
+    given = flow_run.parameters
+    fraction, dataset = given.get("image_fraction"), given.get("dataset")
+    swept = fraction is not None or dataset is not None
+    sweep = sweep_init(image_fraction=fraction, dataset=dataset) if swept else None
+    variant = (given["backbone"], given["subimage_size"], given["color_jitter"])
+    return f"pretrain-{pretrain_name(*variant, sweep)}"
+
+
+@flow(name="pretrain", flow_run_name=_flow_run_name, log_prints=True)
 def pretrain_flow(
     backbone: str,
     subimage_size: int,
