@@ -94,15 +94,31 @@ def pretrain(
         list[float] | None,
         typer.Option("--jitter", help="A colour jitter (default: pretrain.color_jitters)."),
     ] = None,
+    image_fractions: Annotated[
+        list[float] | None,
+        typer.Option("--image-fraction", help="Instead: a share of pretrain.image_fractions."),
+    ] = None,
+    datasets: Annotated[
+        list[str] | None,
+        typer.Option("--pretrain-dataset", help="Instead: a dataset of pretrain.datasets."),
+    ] = None,
     params_file: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
 ) -> None:
-    """Pretrain each backbone x pretext variant; export its encoder to models/pretrain/."""
+    """Pretrain each backbone x pretext variant; export its encoder to models/pretrain/. With
+    --image-fraction or --pretrain-dataset: those sweep runs of the main variant instead."""
     params, root = _load(params_file, overrides)
     from pipeline.flows.pretrain import pretrain_flow
 
     p = params.pretrain
+    sweep: list[tuple[float | None, str | None]] = [(f, None) for f in image_fractions or []]
+    sweep += [(None, d) for d in datasets or []]
+    main = (p.subimage_size, p.color_jitter)
     for backbone in backbones or p.backbones:
+        for fraction, dataset in sweep:
+            pretrain_flow(backbone, *main, params, root, fraction, dataset)
+        if sweep:
+            continue
         for subimage in subimage_sizes or p.subimage_sizes:
             for jitter in color_jitters or p.color_jitters:
                 pretrain_flow(backbone, subimage, jitter, params, root)

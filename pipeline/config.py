@@ -27,6 +27,7 @@ from pipeline.errors import ParamsError
 from pipeline.overrides import one_line, with_overrides
 from pipeline.zoo import (
     BACKBONES,
+    DATASET_NAME_PATTERN,
     EVERY_BACKBONE,
     INITS,
     PAPER_BACKBONES,
@@ -34,6 +35,7 @@ from pipeline.zoo import (
     base_init,
     check_model,
     input_multiple,
+    parse_sop,
     pretext_variant,
     sop_variant,
     split_model,
@@ -48,7 +50,6 @@ else:  # a Literal, so that a wrong name's error lists every backbone
 # The catalog's built-in datasets (pipeline/data/catalog.py holds their entries); users add
 # their own under data.custom.
 BUILTIN_DATASETS = ("landcoverai", "loveda", "deepglobe")
-DATASET_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -342,6 +343,16 @@ class PretrainParams(_Section):
         "0 is off (the paper finds colour augmentation hurts; decided: 0.4 as 'on').",
     )
     flips: bool = False
+    image_fractions: list[Annotated[float, Field(gt=0.0)]] = Field(
+        default_factory=list,
+        description="Data-scale sweep: the main variant also on these shares (< 1) of the images, "
+        "nested subsets by data.subset_seed; a pretrain_images stage each, inits sop-img<f>.",
+    )
+    datasets: list[Annotated[str, Field(pattern=DATASET_NAME_PATTERN)]] = Field(
+        default_factory=list,
+        description="Transfer sweep: the main variant also on these datasets (not pretrain."
+        "dataset); a pretrain_transfer stage each, inits sop-<dataset>.",
+    )
 
     @property
     def subimage_size(self) -> int:
@@ -378,10 +389,12 @@ class PretrainParams(_Section):
         _check_unique(value)
         return value
 
-    @field_validator("color_jitters")
+    @field_validator("color_jitters", "image_fractions", "datasets")
     @classmethod
-    def _jitters_unique(cls, value: list[float]) -> list[float]:
+    def _axis_values_unique(cls, value: list[Any], info: ValidationInfo) -> list[Any]:
         _check_unique(value)
+        if info.field_name == "image_fractions" and any(f >= 1.0 for f in value):
+            raise ValueError(f"want shares below 1 (every image is the plain sop), got {value}")
         return value
 
     def variants(self) -> list[tuple[int, float]]:
@@ -635,7 +648,12 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _sop_models_are_pretrained(self) -> Params:
-        variants = [pretext_variant(*v) for v in self.pretrain.variants()]
+        p = self.pretrain
+        if p.dataset in p.datasets or not set(p.datasets) <= set(self.data.datasets):
+            raise ValueError(
+                f"pretrain.datasets: want datasets of data.datasets {self.data.datasets} other "
+                f"than pretrain.dataset {p.dataset} (the plain sop), got {p.datasets}"
+            )
         for model in self.finetune.models:
             backbone, init = split_model(model)
             if base_init(init) != "sop":
@@ -646,21 +664,32 @@ class Params(_Section):
                     "finetune.models: {model} needs {backbone} in pretrain.backbones {backbones}",
                     {"model": model, "backbone": backbone, "backbones": self.pretrain.backbones},
                 )
-            if sop_variant(init, self.pretrain.main_variant) not in variants:
-                raise PydanticCustomError(
-                    "sop_variant",
-                    "finetune.models: {model} names no pretext variant of pretrain."
-                    "subimage_sizes x color_jitters: {variants}",
-                    {"model": model, "variants": variants},
-                )
+            _check_sop_run(model, init, self.pretrain)
         return self
 
     def for_pretext(self, subimage_size: int, color_jitter: float) -> Params:
-        """These params with one pretext variant: what that variant's pretrain stage reads."""
-        pretrain = self.pretrain.model_copy(
-            update={"subimage_sizes": [subimage_size], "color_jitters": [float(color_jitter)]}
-        )
+        """These params with one pretext variant as the main one: what its pretrain stage reads."""
+        # The variant first, the others kept: a job's params still validate (finetune.models).
+        p = self.pretrain
+        sizes = [subimage_size, *(s for s in p.subimage_sizes if s != subimage_size)]
+        jitters = [float(color_jitter), *(j for j in p.color_jitters if j != color_jitter)]
+        pretrain = p.model_copy(update={"subimage_sizes": sizes, "color_jitters": jitters})
         return self.model_copy(update={"pretrain": pretrain})
+
+
+def _check_sop_run(model: str, init: str, pretrain: PretrainParams) -> None:
+    """The pretrain run an SOP model names must be one the params define."""
+    parsed = parse_sop(init)
+    for value, field in ((parsed.image_fraction, "image_fractions"), (parsed.dataset, "datasets")):
+        listed = getattr(pretrain, field)
+        if value is not None and value not in listed:
+            raise ValueError(f"finetune.models: {model} needs {value} in pretrain.{field} {listed}")
+    variants = [pretext_variant(*v) for v in pretrain.variants()]
+    if not parsed.swept and sop_variant(init, pretrain.main_variant) not in variants:
+        raise ValueError(
+            f"finetune.models: {model} names no pretext variant of pretrain.subimage_sizes x "
+            f"color_jitters: {variants}"
+        )
 
 
 def _check_split_fractions(value: list[float]) -> list[float]:

@@ -26,6 +26,7 @@ from pipeline import layout
 from pipeline.claims import Bootstrap, Evidence, Verdict, check_claims
 from pipeline.errors import DataError
 from pipeline.intervals import MIN_SEEDS, TileConfusion, cell_interval, class_intervals
+from pipeline.sweeps import sweep_sections
 from pipeline.zoo import metric_name
 
 IDENTITY = ["dataset", "backbone", "init", "label_fraction", "seed"]
@@ -341,10 +342,11 @@ def write_report(
     never = float(curve_table["epoch"].max()) + 1
     verdicts = check_claims(table, evidence, never)
     report = out_dir / "report.md"
-    report.write_text(render_markdown(table, evidence, verdicts, threshold, plots, boot, data))
-    return {"results": results, "summary": summary_file, "report": report} | {
-        p.stem: p for p in plots
-    }
+    sweep_lines, sweep_plots = sweep_sections(table, out_dir)
+    markdown = render_markdown(table, evidence, verdicts, threshold, plots, boot, data)
+    report.write_text(markdown + "".join(f"{line}\n" for line in sweep_lines))
+    paths = {"results": results, "summary": summary_file, "report": report}
+    return paths | {p.stem: p for p in plots + sweep_plots}
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Torch-free: the params schema validates against it, and the model registries
 (``pipeline.models.backbones``, ``pipeline.models.inits``) build from it. A model is
-``<backbone>-<init>``; an SOP init may name its pretext variant (``sop-56-0.0``). Adding a
+``<backbone>-<init>``; an SOP init may name the pretrain run it starts from (:func:`parse_sop`:
+a pretext variant, a share of the pretraining images, another pretraining dataset). Adding a
 backbone of an existing family, or an init of an existing kind, is one entry here (README,
 "Adding a backbone or an init").
 """
@@ -20,6 +21,11 @@ Family = Literal["vit", "resnet"]
 InitKind = Literal["random", "sop", "timm", "url"]
 # torch.hub's convention: the hex digits after the last "-" of the file name before its suffix.
 SHA256_PREFIX = re.compile(r"-([0-9a-f]{8,64})$")
+DATASET_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+# The SOP init's grammar (README, "Sweeps"); a dataset name holds no '.', so never matches
+# the image-fraction form. '@' is not used: DVC splits a stage name at its last '@'.
+SOP_GRAMMAR = "sop, sop-<subimage>-<jitter>, sop-img<fraction> or sop-<dataset>"
+IMAGES_TOKEN = re.compile(r"img(\d*\.\d+)")
 
 
 @dataclass(frozen=True)
@@ -209,12 +215,12 @@ def split_model(model: str) -> tuple[str, str]:
 
 
 def base_init(init: str) -> str:
-    """``sop-56-0.0`` -> ``sop``: an ablation's encoder is still the SOP init."""
+    """``sop-56-0.0`` -> ``sop``: an ablation's or a sweep's encoder is still the SOP init."""
     return "sop" if init.startswith("sop-") else init
 
 
 def sop_variant(init: str, main_variant: str) -> str:
-    """The pretext variant an SOP init names: ``main_variant`` for plain ``sop``."""
+    """What an SOP init names after ``sop-``: ``main_variant`` for plain ``sop``."""
     return main_variant if init == "sop" else init.removeprefix("sop-")
 
 
@@ -229,14 +235,80 @@ def _is_variant(init: str) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class SopInit:
+    """The pretrain run an SOP init starts from: at most one of these departs from the main
+    run (the main pretext variant on ``pretrain.dataset``, every pretraining image)."""
+
+    variant: str | None = None  # sop-56-0.4: a pretext ablation
+    image_fraction: float | None = None  # sop-img0.25: a nested share of the pretraining images
+    dataset: str | None = None  # sop-loveda: pretrained on another dataset
+
+    @property
+    def swept(self) -> bool:
+        """Whether it is a sweep's point (pretrain.image_fractions or pretrain.datasets)."""
+        return self.image_fraction is not None or self.dataset is not None
+
+
+def parse_sop(init: str) -> SopInit:
+    """The one parser of SOP init names; ValueError (naming the grammar) for anything else."""
+    if init == "sop":
+        return SopInit()
+    rest = init.removeprefix("sop-")
+    if rest == init or not rest:
+        raise ValueError(f"{init!r}: not an SOP init; want {SOP_GRAMMAR}")
+    if _is_variant(init):
+        return SopInit(variant=rest)
+    images = IMAGES_TOKEN.fullmatch(rest)
+    if images is not None:
+        fraction = float(images.group(1))
+        if not 0.0 < fraction < 1.0 or rest != f"img{fraction}":
+            raise ValueError(
+                f"{init!r}: want sop-img<fraction> with 0 < fraction < 1 written as Python "
+                f"prints it (sop-img{fraction}); every image is the plain sop"
+            )
+        return SopInit(image_fraction=fraction)
+    if re.fullmatch(DATASET_NAME_PATTERN, rest):
+        return SopInit(dataset=rest)
+    raise ValueError(f"{init!r}: unknown SOP init; want {SOP_GRAMMAR}")
+
+
+def sweep_init(*, image_fraction: float | None = None, dataset: str | None = None) -> str:
+    """A sweep point's init: ``sop-img0.25`` or ``sop-loveda`` (the inverse of parse_sop)."""
+    if image_fraction is not None and dataset is None:
+        return f"sop-img{float(image_fraction)}"
+    if dataset is not None and image_fraction is None:
+        return f"sop-{dataset}"
+    raise ValueError("a sweep point is an image fraction or a dataset, one of the two")
+
+
+def sop_run(backbone: str, init: str, main_variant: str) -> str:
+    """The pretrain run (its outputs' name) an SOP init starts from: ``resnet50-112-0.0`` for
+    plain sop, ``resnet50-56-0.4``, ``resnet50-img0.25``, ``resnet50-loveda``."""
+    return f"{backbone}-{sop_variant(init, main_variant)}"
+
+
+def sop_stage(backbone: str, init: str, main_variant: str) -> str:
+    """The DVC stage that writes that run."""
+    parsed = parse_sop(init)
+    if parsed.image_fraction is not None:
+        return f"pretrain_images@{backbone}-{parsed.image_fraction}"
+    if parsed.dataset is not None:
+        return f"pretrain_transfer@{backbone}-{parsed.dataset}"
+    return f"pretrain@{sop_run(backbone, init, main_variant)}"
+
+
 def check_model(model: str) -> None:
     """ValueError, naming what exists, unless ``model`` is a known backbone with a known init."""
     backbone, init = split_model(model)
     base = base_init(init)
-    if base not in INITS or (base == "sop" and init != "sop" and not _is_variant(init)):
-        raise ValueError(
-            f"{model!r}: unknown init {init!r}; known: {list(INITS)} or sop-<subimage>-<jitter>"
-        )
+    if base not in INITS:
+        raise ValueError(f"{model!r}: unknown init {init!r}; known: {list(INITS)} or {SOP_GRAMMAR}")
+    if base == "sop":
+        try:
+            parse_sop(init)
+        except ValueError as exc:
+            raise ValueError(f"{model!r}: {exc}") from None
     if backbone not in INITS[base].backbones:
         raise ValueError(
             f"{model!r}: no {init} weights for {backbone}; inits for it: {inits_for(backbone)}"

@@ -1,5 +1,7 @@
 """DVC stage ``pretrain``: the overlap task for one backbone and pretext variant
--> models/pretrain/<backbone>-<subimage>-<jitter>/."""
+-> models/pretrain/<backbone>-<subimage>-<jitter>/; the sweeps' stages ``pretrain_images``
+(``--image-fraction F`` -> <backbone>-img<F>/) and ``pretrain_transfer`` (``--dataset D`` ->
+<backbone>-<D>/) run it for the main variant."""
 
 from pathlib import Path
 
@@ -9,13 +11,19 @@ from pipeline.stage import stage_main
 
 
 def main(
-    backbone: str, subimage_size: int, color_jitter: float, params_file: Path = Path("params.yaml")
+    backbone: str,
+    subimage_size: int,
+    color_jitter: float,
+    image_fraction: float | None = None,
+    dataset: str | None = None,
+    params_file: Path = Path("params.yaml"),
 ) -> None:
     root = params_file.resolve().parent
     apply_env_defaults(root)
     from pipeline.flows.pretrain import pretrain_flow
 
-    pretrain_flow(backbone, subimage_size, color_jitter, load_params(params_file), root)
+    params = load_params(params_file)
+    pretrain_flow(backbone, subimage_size, color_jitter, params, root, image_fraction, dataset)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,38 @@ def test_pretrain_declares_the_params_it_reads(root: Path) -> None:
     }
 
 
+SWEEPS = {
+    "pretrain_images": ({"image_fraction": 0.5}, "fraction", "image_fractions", "--image-fraction"),
+    "pretrain_transfer": ({"dataset": "loveda"}, "dataset", "datasets", "--dataset"),
+}
+
+
+@pytest.mark.parametrize("root", [REPO, REPO / "demo"], ids=["paper", "demo"])
+@pytest.mark.parametrize("name", sorted(SWEEPS))
+def test_the_sweep_stages_declare_the_params_they_read(root: Path, name: str) -> None:
+    """A sweep's run of the main variant: its backbone, variant (the main one, in the cmd) and
+    sweep point are not params; the data-scale run also reads the subsets' seed."""
+    point, axis, listed, option = SWEEPS[name]
+    stage = _stage(root, name)
+    params: Params = load_params(root / "params.yaml")
+    section = section_for(params, params.pretrain.backbones[0], **point)
+    read = set(flatten(section)) - {
+        "pretrain.backbone",
+        "pretrain.subimage_size",
+        "pretrain.color_jitter",
+        f"pretrain.{next(iter(point))}",
+    }
+    read = {k for k in read if not k.startswith("compute.") or k == "compute.device"}
+    whole = ("pretrain.weights_file", "pretrain.backbone_epochs")
+    read = {next((w for w in whole if k.startswith(w)), k) for k in read}
+    assert set(stage["params"]) == read
+    assert stage["matrix"] == {"backbone": "${pretrain.backbones}", axis: f"${{pretrain.{listed}}}"}
+    assert stage["cmd"].endswith(
+        "stages/pretrain.py ${item.backbone} ${pretrain.subimage_sizes[0]} "
+        f"${{pretrain.color_jitters[0]}} {option} ${{item.{axis}}}"
+    )
+
+
 def _stage(root: Path, name: str) -> dict[str, Any]:
     stage: dict[str, Any] = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][name]
     return stage.get("do", stage)  # foreach stages hold theirs under do
@@ -98,7 +130,18 @@ def test_the_grid_matrix_comes_from_params_and_reaches_the_commands(root: Path) 
 
 @pytest.mark.parametrize("root", [REPO, REPO / "demo"], ids=["paper", "demo"])
 @pytest.mark.parametrize(
-    "name", ["download", "tile", "pretrain", "weights", "finetune", "evaluate", "report"]
+    "name",
+    [
+        "download",
+        "tile",
+        "pretrain",
+        "pretrain_images",
+        "pretrain_transfer",
+        "weights",
+        "finetune",
+        "evaluate",
+        "report",
+    ],
 )
 def test_every_declared_param_is_in_the_params_file(root: Path, name: str) -> None:
     tree = yaml.safe_load((root / "params.yaml").read_text())

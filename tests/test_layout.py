@@ -21,6 +21,7 @@ import yaml
 
 from pipeline import layout
 from pipeline.flows.finetune import Cell
+from pipeline.flows.pretrain import pretrain_name
 
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = [pytest.param(REPO, id="paper"), pytest.param(REPO / "demo", id="demo")]
@@ -35,6 +36,10 @@ BACKBONE, SUBIMAGE, JITTER = "vits14", "112", "0.0"
 MODEL, FRACTION, SEED = "vits14-sop", "0.25", "0"
 VARIANT = f"{BACKBONE}-{SUBIMAGE}-{JITTER}"  # the pretrain stage's name for its item
 CELL = Cell(DATASET, MODEL, float(FRACTION), int(SEED))
+# The sweeps' runs, named by the flow as the inits that start from them (sop-img0.5, sop-loveda).
+SHARE, OTHER = "0.5", "loveda"
+SCALE_RUN = pretrain_name(BACKBONE, int(SUBIMAGE), float(JITTER), f"sop-img{SHARE}")
+TRANSFER_RUN = pretrain_name(BACKBONE, int(SUBIMAGE), float(JITTER), f"sop-{OTHER}")
 GRID_ITEM = {
     "item.dataset": DATASET,
     "item.model": MODEL,
@@ -95,6 +100,29 @@ def expected(root: Path) -> dict[str, Expected]:
                 "plots": [layout.pretrain_curve_path(root, VARIANT)],
             },
         ),
+        **{
+            stage: Expected(
+                {"item.backbone": BACKBONE, **item},
+                {
+                    "deps": [layout.tiles_dir(root, dataset)],
+                    "outs": [
+                        layout.pretrain_dir(root, run) / layout.ENCODER_FILE,
+                        layout.pretrain_dir(root, run) / layout.PROVENANCE_FILE,
+                    ],
+                    "metrics": [layout.pretrain_metrics_path(root, run)],
+                    "plots": [layout.pretrain_curve_path(root, run)],
+                },
+            )
+            for stage, item, dataset, run in (
+                (
+                    "pretrain_images",
+                    {"item.fraction": SHARE, "pretrain.dataset": DATASET},
+                    DATASET,
+                    SCALE_RUN,
+                ),
+                ("pretrain_transfer", {"item.dataset": OTHER}, OTHER, TRANSFER_RUN),
+            )
+        },
         "weights": Expected(
             {"item": MODEL},
             {

@@ -65,8 +65,55 @@ def test_model_names() -> None:
     assert zoo.sop_variant("sop", "112-0.0") == "112-0.0"
     assert zoo.sop_variant("sop-56-0.4", "112-0.0") == "56-0.4"
     assert zoo.pretext_variant(56, 0) == "56-0.0"
-    with pytest.raises(ValueError, match="unknown init 'sop-x'"):
-        zoo.check_model("resnet50-sop-x")
+    with pytest.raises(ValueError, match="'sop-X': unknown SOP init; want sop, sop-<subimage>"):
+        zoo.check_model("resnet50-sop-X")
+    with pytest.raises(ValueError, match="unknown init 'sopx'"):
+        zoo.check_model("resnet50-sopx")
+
+
+@pytest.mark.parametrize(
+    ("init", "parsed", "run", "stage"),
+    [
+        ("sop", zoo.SopInit(), "r-112-0.0", "pretrain@r-112-0.0"),
+        ("sop-56-0.4", zoo.SopInit(variant="56-0.4"), "r-56-0.4", "pretrain@r-56-0.4"),
+        ("sop-img0.25", zoo.SopInit(image_fraction=0.25), "r-img0.25", "pretrain_images@r-0.25"),
+        ("sop-loveda", zoo.SopInit(dataset="loveda"), "r-loveda", "pretrain_transfer@r-loveda"),
+        ("sop-my_set2", zoo.SopInit(dataset="my_set2"), "r-my_set2", "pretrain_transfer@r-my_set2"),
+    ],
+)
+def test_sop_init_grammar(init: str, parsed: zoo.SopInit, run: str, stage: str) -> None:
+    assert zoo.parse_sop(init) == parsed
+    assert parsed.swept == (parsed.image_fraction is not None or parsed.dataset is not None)
+    assert zoo.sop_run("r", init, "112-0.0") == run
+    assert zoo.sop_stage("r", init, "112-0.0") == stage
+    if parsed.swept:
+        point = {"image_fraction": parsed.image_fraction, "dataset": parsed.dataset}
+        assert zoo.sweep_init(**point) == init
+
+
+@pytest.mark.parametrize(
+    ("init", "message"),
+    [
+        ("sop-img1.0", r"0 < fraction < 1 .*every image is the plain sop"),
+        ("sop-img-0.5", "unknown SOP init"),
+        ("sop-img0.50", r"as Python prints it \(sop-img0\.5\)"),
+        ("sop-img.5", r"as Python prints it \(sop-img0\.5\)"),
+        ("sop-Loveda", "unknown SOP init"),
+        ("sop-56", "unknown SOP init"),
+        ("sop-", "not an SOP init"),
+        ("random", "not an SOP init"),
+    ],
+)
+def test_malformed_sop_inits_name_the_grammar(init: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        zoo.parse_sop(init)
+
+
+def test_a_sweep_point_is_one_of_its_two_kinds() -> None:
+    with pytest.raises(ValueError, match="one of the two"):
+        zoo.sweep_init()
+    with pytest.raises(ValueError, match="one of the two"):
+        zoo.sweep_init(image_fraction=0.5, dataset="loveda")
 
 
 def test_the_paper_grid_is_every_paper_backbone_with_its_inits() -> None:

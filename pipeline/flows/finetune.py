@@ -52,7 +52,7 @@ from pipeline.report import PretextCheck, plot_confusion, pretext_check
 from pipeline.train.finetune import FinetuneJob, evaluate_weights
 from pipeline.train.jobs import resolve_device, resolve_processes
 from pipeline.transfer import file_digest
-from pipeline.zoo import base_init, sop_variant, split_model
+from pipeline.zoo import base_init, parse_sop, sop_run, sop_stage, sop_variant, split_model
 
 NO_TEST_LABELS = (
     "{dataset} has no labelled test tiles (LoveDA keeps its test labels hidden): evaluated on "
@@ -109,6 +109,9 @@ def weights_section(params: Params, model: str) -> dict[str, Any]:
     }
     if base_init(init) == "sop":
         section["finetune"] |= {"sop_gate": f.sop_gate, "sop_gate_margin": f.sop_gate_margin}
+    # A sweep's init names its own pretrain run (in the cmd); sop and the ablations name a
+    # pretext variant, plain sop through the two lists.
+    if base_init(init) == "sop" and not parse_sop(init).swept:
         section["pretrain"] = {"pretext_variant": sop_variant(init, params.pretrain.main_variant)}
     return section
 
@@ -183,15 +186,14 @@ def weights_flow(model: str, params: Params, root: Path) -> dict[str, Any]:
         raise ParamsError(f"finetune.models: {model!r} is not one of {f.models}")
     backbone, init = split_model(model)
     kind = base_init(init)
-    sop_name = (
-        f"{backbone}-{sop_variant(init, params.pretrain.main_variant)}" if kind == "sop" else None
-    )
+    main = params.pretrain.main_variant
+    sop_name = sop_run(backbone, init, main) if kind == "sop" else None
     sop_encoder = layout.pretrain_dir(root, sop_name or backbone) / layout.ENCODER_FILE
     weights_file = f.weights_file.get(kind)
     if sop_name is not None and weights_file is None and not sop_encoder.is_file():
         raise WeightsError(
             f"{model}: no pretrained encoder at {sop_encoder}; run its pretrain stage "
-            f"(dvc repro pretrain@{sop_name}) or set finetune.weights_file.sop"
+            f"(dvc repro {sop_stage(backbone, init, main)}) or set finetune.weights_file.sop"
         )
     # A local file (weights_file.sop) is not a pretrain stage's encoder: it has no pretext figures.
     gate = sop_gate(params, root, sop_name) if sop_name and weights_file is None else None

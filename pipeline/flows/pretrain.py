@@ -1,6 +1,9 @@
 """The pretrain stage's flow: the overlap task on one dataset's tile store, for one backbone and
 one pretext variant (subimage size, colour jitter), named ``<backbone>-<subimage>-<jitter>``
-(``vits14-112-0.0``) like its DVC stage ``pretrain@vits14-112-0.0``.
+(``vits14-112-0.0``) like its DVC stage ``pretrain@vits14-112-0.0``. The sweeps' stages run it
+for the main variant on a share of the images (``pretrain_images@vits14-0.25``, run
+``vits14-img0.25``) or on another dataset (``pretrain_transfer@vits14-loveda``, run
+``vits14-loveda``): the run is named like the init that starts from it (``sop-img0.25``).
 
 Outputs (DVC tracks them):
 - ``models/pretrain/<name>/encoder.safetensors``: the kept encoder (the ViT, or the ResNet's
@@ -37,48 +40,64 @@ from pipeline.models.backbones import BACKBONES
 from pipeline.train.jobs import resolve_processes
 from pipeline.train.pretrain import PretrainJob
 from pipeline.transfer import file_digest
-from pipeline.zoo import pretext_variant
+from pipeline.zoo import parse_sop, pretext_variant, sop_run, sweep_init
 
 KEPT_ENCODER = {"vit": "the ViT backbone", "resnet": "encoder A (source)"}
 
 
-def pretrain_name(backbone: str, subimage_size: int, color_jitter: float) -> str:
-    """``vits14-112-0.0``: the stage's matrix item and the name of its outputs."""
-    return f"{backbone}-{pretext_variant(subimage_size, color_jitter)}"
+def pretrain_name(
+    backbone: str, subimage_size: int, color_jitter: float, sweep: str | None = None
+) -> str:
+    """``vits14-112-0.0``: the stage's matrix item and the name of its outputs; a sweep's run
+    (``sweep``: its init, ``sop-img0.25``) is named after what it varies (``vits14-img0.25``)."""
+    return sop_run(backbone, sweep or "sop", pretext_variant(subimage_size, color_jitter))
 
 
-def section_for(params: Params, backbone: str) -> dict[str, Any]:
+def section_for(
+    params: Params,
+    backbone: str,
+    image_fraction: float | None = None,
+    dataset: str | None = None,
+) -> dict[str, Any]:
     """The params the pretrain stage of ``backbone`` reads (what DVC declares for it), for the
-    pretext variant ``params`` holds (:meth:`Params.for_pretext`)."""
+    pretext variant ``params`` holds (:meth:`Params.for_pretext`); a sweep's run reads its
+    dataset (in the cmd) or its share of the images and the seed of their nested subsets."""
     pretrain = params.pretrain.model_dump(mode="json")
-    for axis in ("backbones", "subimage_sizes", "color_jitters"):  # the matrix's, in the cmd
+    # The matrices' axes (in the cmds), and the sweeps' lists, which only add stages.
+    for axis in ("backbones", "subimage_sizes", "color_jitters", "image_fractions", "datasets"):
         pretrain.pop(axis)
     pretrain["backbone"] = backbone
     pretrain["subimage_size"] = params.pretrain.subimage_size
     pretrain["color_jitter"] = params.pretrain.color_jitter
     pretrain["weights_file"] = params.pretrain.weights_file.get(backbone)
     pretrain["backbone_epochs"] = params.pretrain.backbone_epochs.get(backbone)
-    return {"seed": params.seed, "pretrain": pretrain, "compute": params.compute.model_dump()}
+    section = {"seed": params.seed, "pretrain": pretrain, "compute": params.compute.model_dump()}
+    if dataset is not None:
+        pretrain["dataset"] = dataset
+    if image_fraction is not None:
+        pretrain["image_fraction"] = image_fraction
+        section["data"] = {"subset_seed": params.data.subset_seed}
+    return section
 
 
-def fingerprint(params: Params, backbone: str, index_sha256: str) -> str:
-    """What decides the result: the stage's params (not where it runs) and the tile index."""
-    section = section_for(params, backbone)
-    section.pop("compute")
-    section["compute.device"] = params.compute.device  # precision follows the device
+def fingerprint(section: dict[str, Any], index_sha256: str) -> str:
+    """What decides the result: the stage's params (``section``, not where it runs) and the
+    tile index."""
+    section = {**section, "compute.device": section["compute"]["device"]}
+    section.pop("compute")  # precision follows the device
     text = json.dumps({"section": section, "tiles": index_sha256}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-@flow(
-    name="pretrain",
-    flow_run_name="pretrain-{backbone}-{subimage_size}-{color_jitter}",
-    log_prints=True,
-)
-def pretrain_flow(
-    backbone: str, subimage_size: int, color_jitter: float, params: Params, root: Path
-) -> dict[str, Any]:
-    """Pretrain ``backbone`` on the overlap task with one pretext variant; export its encoder."""
+def _run_params(
+    params: Params,
+    backbone: str,
+    subimage_size: int,
+    color_jitter: float,
+    sweep: str | None,
+) -> tuple[Params, str, str]:
+    """The params one run reads (its variant the main one), its name and its dataset; the
+    run checked against the params, each mismatch named by its parameter."""
     p = params.pretrain
     if backbone not in p.backbones:
         raise DataError(f"pretrain.backbones: {backbone!r} is not one of {p.backbones}")
@@ -88,28 +107,75 @@ def pretrain_flow(
         )
     if float(color_jitter) not in p.color_jitters:
         raise DataError(f"pretrain.color_jitters: {color_jitter} is not one of {p.color_jitters}")
-    params = params.for_pretext(subimage_size, color_jitter)
-    name = pretrain_name(backbone, subimage_size, color_jitter)
-    dataset = params.pretrain.dataset
+    parsed = parse_sop(sweep or "sop")
+    if parsed.image_fraction is not None and parsed.image_fraction not in p.image_fractions:
+        raise DataError(
+            f"pretrain.image_fractions: {parsed.image_fraction} is not one of {p.image_fractions}"
+        )
+    if parsed.dataset is not None and parsed.dataset not in p.datasets:
+        raise DataError(f"pretrain.datasets: {parsed.dataset!r} is not one of {p.datasets}")
+    variant = pretext_variant(subimage_size, color_jitter)
+    if sweep is not None and variant != p.main_variant:
+        raise DataError(
+            f"{sweep}: the sweeps pretrain the main pretext variant {p.main_variant} "
+            f"(pretrain.subimage_sizes[0], color_jitters[0]), not {variant}"
+        )
+    dataset = parsed.dataset or p.dataset
     if dataset not in params.data.datasets:
         # Checked here, not on loading: params that only download or tile need not name it.
         raise DataError(
             f"pretrain.dataset: {dataset!r} is not in data.datasets {params.data.datasets}"
         )
+    name = pretrain_name(backbone, subimage_size, color_jitter, sweep)
+    return params.for_pretext(subimage_size, color_jitter), name, dataset
+
+
+def _flow_run_name() -> str:
+    """``pretrain-<run>``, a sweep's run by its own name (``pretrain-vits14-img0.25``)."""
+    from prefect.runtime import flow_run
+
+    given = flow_run.parameters
+    fraction, dataset = given.get("image_fraction"), given.get("dataset")
+    swept = fraction is not None or dataset is not None
+    sweep = sweep_init(image_fraction=fraction, dataset=dataset) if swept else None
+    variant = (given["backbone"], given["subimage_size"], given["color_jitter"])
+    return f"pretrain-{pretrain_name(*variant, sweep)}"
+
+
+@flow(name="pretrain", flow_run_name=_flow_run_name, log_prints=True)
+def pretrain_flow(
+    backbone: str,
+    subimage_size: int,
+    color_jitter: float,
+    params: Params,
+    root: Path,
+    image_fraction: float | None = None,
+    dataset: str | None = None,
+) -> dict[str, Any]:
+    """Pretrain ``backbone`` on the overlap task with one pretext variant; export its encoder.
+    ``image_fraction`` or ``dataset``: a sweep's run of the main variant (pretrain.image_fractions,
+    pretrain.datasets)."""
+    swept = image_fraction is not None or dataset is not None
+    sweep = sweep_init(image_fraction=image_fraction, dataset=dataset) if swept else None
+    params, name, dataset = _run_params(params, backbone, subimage_size, color_jitter, sweep)
     tiles = layout.tiles_dir(root, dataset)
     if not (tiles / store.INDEX_FILE).exists():
         raise DataError(f"{tiles}: no tile store; run the tile stage for {dataset} first")
     index_sha256 = store.index_hash(tiles)
-    key = fingerprint(params, backbone, index_sha256)
+    section = section_for(params, backbone, image_fraction, dataset)
+    key = fingerprint(section, index_sha256)
     out = layout.pretrain_dir(root, name)
     stage = TrainingStage(
-        "pretrain", name, section_for(params, backbone), index_sha256,
+        "pretrain", name, section, index_sha256,
         layout.checkpoint_root(root) / f"pretrain-{name}-{key}", out,
         layout.pretrain_curve_path(root, name),
     )  # fmt: skip
 
     def job_for(tracking_uri: str, run_id: str) -> PretrainJob:
-        return PretrainJob(params, backbone, tiles, out, stage.checkpoints, tracking_uri, run_id)
+        return PretrainJob(
+            params, backbone, tiles, out, stage.checkpoints, tracking_uri, run_id,
+            image_fraction or 1.0,
+        )  # fmt: skip
 
     def outputs(result: dict[str, Any]) -> tuple[dict[str, Any], list[Path]]:
         final = result["history"][-1]
@@ -119,7 +185,7 @@ def pretrain_flow(
             "encoder": layout.ENCODER_FILE,
             "encoder_sha256": file_digest(out / layout.ENCODER_FILE, "sha256"),
             "kept": KEPT_ENCODER[BACKBONES[backbone].family],
-            "params": section_for(params, backbone),
+            "params": section,
             "dataset": dataset,
             "tile_index_sha256": index_sha256,
             "final": final,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +180,7 @@ class PretrainJob(JobFile):
     checkpoint_dir: Path
     tracking_uri: str | None = None
     run_id: str | None = None
+    image_fraction: float = 1.0  # the data-scale sweep's share of the training rows
 
     def run(self) -> dict[str, Any]:
         return run_pretrain(self)
@@ -203,6 +205,15 @@ def pretrain_rows(store: TileStore, images: str, seed: int) -> tuple[np.ndarray,
     return np.sort(train), np.sort(val)
 
 
+def image_subset(rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The first ceil(fraction * n) rows of one seeded ordering, sorted: every smaller share
+    lies within every larger one (pretrain.image_fractions, nested by data.subset_seed)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"an image fraction lies in (0, 1], got {fraction}")
+    order = np.random.default_rng(seed).permutation(np.sort(rows))
+    return np.sort(order[: math.ceil(fraction * len(rows))])
+
+
 def run_pretrain(job: PretrainJob) -> dict[str, Any]:
     """Train the overlap model of ``job.backbone``; the main rank exports the encoder."""
     params = job.params
@@ -210,10 +221,12 @@ def run_pretrain(job: PretrainJob) -> dict[str, Any]:
     context = distributed.from_environment()
     store = TileStore(job.store_dir)
     train_rows, val_rows = pretrain_rows(store, p.images, params.seed)
+    train_rows = image_subset(train_rows, job.image_fraction, params.data.subset_seed)
     if len(train_rows) < p.batch_size:
+        share = f" ({job.image_fraction:g} of them)" if job.image_fraction < 1.0 else ""
         raise DataError(
             f"pretrain.batch_size: {p.batch_size} is more than the {len(train_rows)} training "
-            f"tiles of {job.store_dir}"
+            f"tiles{share} of {job.store_dir}"
         )
     # The same initial weights on every rank and in every resumed run.
     torch.manual_seed(params.seed)
