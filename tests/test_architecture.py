@@ -28,6 +28,8 @@ FORBIDDEN = {
     "pipeline.layout": ("pipeline.",),
     "pipeline.imports": ("pipeline.",),
     "pipeline.config": ("pipeline.data", "pipeline.models", "pipeline.train", "pipeline.flows"),
+    "pipeline.config_data": ("pipeline.data", "pipeline.models", "pipeline.train",
+                             "pipeline.flows"),
 }  # fmt: skip
 
 

@@ -7,11 +7,11 @@ import yaml
 
 from pipeline.config import (
     Params,
-    SourceParams,
     load_params,
     params_from_mapping,
     params_to_yaml,
 )
+from pipeline.config_data import SourceParams
 from pipeline.data.subsets import fraction_column
 from pipeline.errors import ParamsError
 

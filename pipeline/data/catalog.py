@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from pipeline.config import BUILTIN_DATASETS, ClassesFile, CustomDatasetParams, DataParams
+from pipeline.config_data import BUILTIN_DATASETS, ClassesFile, CustomDatasetParams, DataParams
 from pipeline.data.tiling import MaskDecoder, SceneRecord
 from pipeline.errors import DataError
 

@@ -16,7 +16,8 @@ from prefect.task_runners import ProcessPoolTaskRunner
 from tqdm import tqdm
 
 from pipeline import layout, tracking, transfer
-from pipeline.config import Params, SourceParams
+from pipeline.config import Params
+from pipeline.config_data import SourceParams
 from pipeline.data import catalog, download, store, tiling
 from pipeline.data.catalog import RemoteFile
 from pipeline.data.store import StoreMeta
