@@ -26,7 +26,7 @@ from pipeline import layout
 from pipeline.claims import Bootstrap, Evidence, Verdict, check_claims
 from pipeline.errors import DataError
 from pipeline.intervals import MIN_SEEDS, TileConfusion, cell_interval, class_intervals
-from pipeline.sweeps import sweep_sections
+from pipeline.sweeps import MAIN_DATASET, sweep_sections
 from pipeline.zoo import metric_name
 
 IDENTITY = ["dataset", "backbone", "init", "label_fraction", "seed"]
@@ -325,9 +325,15 @@ def result_columns(table: pd.DataFrame) -> list[str]:
 
 
 def write_report(
-    root: Path, out_dir: Path, threshold: float, boot: Bootstrap | None = None, data: str = ""
+    root: Path,
+    out_dir: Path,
+    threshold: float,
+    boot: Bootstrap | None = None,
+    data: str = "",
+    main_dataset: str = MAIN_DATASET,
 ) -> dict[str, Path]:
-    """results.csv, summary.csv, report.md and the plots under ``out_dir``; their paths."""
+    """results.csv, summary.csv, report.md and the plots under ``out_dir``; their paths.
+    ``main_dataset``: where the plain ``sop`` init pretrained (the transfer matrix's row)."""
     boot = boot or Bootstrap()
     table = collect(root)
     evidence = Evidence.of(table, load_confusions(root, table), boot)
@@ -342,7 +348,7 @@ def write_report(
     never = float(curve_table["epoch"].max()) + 1
     verdicts = check_claims(table, evidence, never)
     report = out_dir / "report.md"
-    sweep_lines, sweep_plots = sweep_sections(table, out_dir)
+    sweep_lines, sweep_plots = sweep_sections(table, out_dir, main_dataset)
     markdown = render_markdown(table, evidence, verdicts, threshold, plots, boot, data)
     report.write_text(markdown + "".join(f"{line}\n" for line in sweep_lines))
     paths = {"results": results, "summary": summary_file, "report": report}

@@ -22,8 +22,8 @@ import pandas as pd
 
 from pipeline.zoo import base_init, parse_sop
 
-# The plain sop's pretraining dataset where the caller does not name it: the report stage
-# reads the cells' files only, which do not record it.
+# The plain sop's pretraining dataset where the caller does not name it (the cells' files do
+# not record it; the report stage passes pretrain.dataset).
 MAIN_DATASET = "pretrain.dataset"
 PERCENT = "{:.0%}".format
 

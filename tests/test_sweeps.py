@@ -267,7 +267,7 @@ def test_the_transfer_matrix_is_pretraining_by_fine_tuning_dataset() -> None:
         ("resnet50", 1.0, "loveda"),
     ]
     assert table.to_numpy().ravel().tolist() == pytest.approx([0.65, 0.30, 0.55, 0.35])
-    unnamed = transfer_table(TABLE)  # the report stage's files do not name pretrain.dataset
+    unnamed = transfer_table(TABLE)  # unnamed: the cells' files do not record it
     assert unnamed.index.get_level_values("pretrained_on").tolist() == [
         "loveda",
         "pretrain.dataset",
@@ -411,7 +411,7 @@ def test_both_sweeps_run_on_the_demo_profile_and_render_their_tables(tmp_path: P
     assert "| landcoverai | resnet_demo | 100% | " in report
     assert "## Cross-dataset transfer" in report
     assert f"| resnet_demo | 100% | {OTHER} | " in report
-    assert "| resnet_demo | 100% | pretrain.dataset | " in report
+    assert "| resnet_demo | 100% | landcoverai | " in report
     for png in ("sweep_images_landcoverai_resnet_demo.png", "sweep_transfer_resnet_demo_1.png"):
         assert (layout.results_dir(demo) / png).read_bytes()[:4] == b"\x89PNG"
     table = pd.read_csv(layout.results_dir(demo) / layout.RESULTS_TABLE)

@@ -19,6 +19,7 @@ def report_section(params: Params) -> dict[str, Any]:
     return {
         "finetune": {"convergence_threshold": params.finetune.convergence_threshold},
         "report": params.report.model_dump(mode="json"),
+        "pretrain": {"dataset": params.pretrain.dataset},
     }
 
 
@@ -31,7 +32,8 @@ def report_flow(params: Params, root: Path) -> dict[str, Path]:
 
         r = params.report
         boot = Bootstrap(r.resamples, r.confidence, r.seed)
-        paths = write_report(root, out, params.finetune.convergence_threshold, boot, r.data)
+        threshold = params.finetune.convergence_threshold
+        paths = write_report(root, out, threshold, boot, r.data, params.pretrain.dataset)
         for path in paths.values():
             mlflow.log_artifact(str(path))
     print(f"report: {paths['report']} (results table: {paths['results']})")
