@@ -148,7 +148,17 @@ class Estimate:
     basis: str  # "paired over 3 seeds", "tile bootstrap, 13 tiles, 1 seed"
 
     def text(self, digits: int = 3) -> str:
-        return f"{self.value:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
+        value, low, high = (_signed(x, digits) for x in (self.value, self.low, self.high))
+        return f"{value} [{low}, {high}]"
+
+
+def _signed(value: float, digits: int) -> str:
+    """``value`` with its sign; a bound that would round to 0 keeps a significant digit, so
+    the side of 0 that decides a verdict shows."""
+    text = f"{value:+.{digits}f}"
+    if value != 0 and float(text) == 0:
+        return f"{value:+.1e}"
+    return text
 
 
 def seed_interval(values: Sequence[float], confidence: float, basis: str) -> Estimate:

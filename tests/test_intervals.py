@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pipeline.intervals import (
+    Estimate,
     TileConfusion,
     contrast,
     miou,
@@ -107,3 +108,8 @@ def test_a_saved_tile_file_reads_back(tmp_path: Path) -> None:
     unignored.write(tmp_path / "other.npz")
     assert TileConfusion.read(tmp_path / "other.npz").ignore_index is None
     assert not math.isnan(per_image_miou(read))
+
+
+def test_a_bound_next_to_zero_shows_its_side() -> None:
+    assert Estimate(-0.037, -0.089, -0.0002, "b").text() == "-0.037 [-0.089, -2.0e-04]"
+    assert Estimate(0.5, 0.0, 1.0, "b").text() == "+0.500 [+0.000, +1.000]"

@@ -196,7 +196,8 @@ def weights_flow(model: str, params: Params, root: Path) -> dict[str, Any]:
             f"(dvc repro {sop_stage(backbone, init, main)}) or set finetune.weights_file.sop"
         )
     # A local file (weights_file.sop) is not a pretrain stage's encoder: it has no pretext figures.
-    gate = sop_gate(params, root, sop_name) if sop_name and weights_file is None else None
+    stage = sop_stage(backbone, init, main) if sop_name else ""
+    gate = sop_gate(params, root, sop_name, stage) if sop_name and weights_file is None else None
     out = layout.init_path(root, model)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tracked_run("weights", params, root, model, weights_section(params, model)):
@@ -254,16 +255,17 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def sop_gate(params: Params, root: Path, sop_name: str) -> PretextCheck | None:
-    """The pretext figures of the SOP encoder ``sop_name``, refused (DataError) unless its
-    val_iou beats the centred-box baseline by ``finetune.sop_gate_margin``; None when off."""
+def sop_gate(params: Params, root: Path, sop_name: str, stage: str) -> PretextCheck | None:
+    """The pretext figures of the SOP encoder ``sop_name`` (written by DVC stage ``stage``),
+    refused (DataError) unless its val_iou beats the centred-box baseline by
+    ``finetune.sop_gate_margin``; None when off."""
     f = params.finetune
     if not f.sop_gate:
         return None
     path = layout.pretrain_metrics_path(root, sop_name)
     if not path.is_file():
         raise DataError(
-            f"{path}: no pretext metrics for the SOP encoder; run `dvc repro pretrain@{sop_name}` "
+            f"{path}: no pretext metrics for the SOP encoder; run `dvc repro {stage}` "
             "(or set finetune.sop_gate: false)"
         )
     check = pretext_check(path)
