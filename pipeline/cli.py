@@ -418,6 +418,54 @@ def repro(
     )
 
 
+@app.command()
+@one_line_errors
+def predict(
+    cell: Annotated[
+        str,
+        typer.Argument(
+            help="A grid cell (<dataset>-<model>-<fraction>-<seed>, as its finetune stage is "
+            "named), its folder, or a best.safetensors with its run.json beside it."
+        ),
+    ],
+    rasters: Annotated[
+        list[Path], typer.Argument(help="Scenes of any size: GeoTIFF, PNG or JPEG.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The folder to write into.")],
+    overlap: Annotated[
+        float, typer.Option(help="Share of a window its neighbours overlap (blended).")
+    ] = 0.25,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="Windows per forward pass (default: finetune.batch_size)."),
+    ] = None,
+    probabilities: Annotated[
+        bool, typer.Option("--probabilities", help="Also <scene>.probabilities.tif (uint8).")
+    ] = False,
+    preview: Annotated[
+        bool, typer.Option("--preview", help="Also <scene>.preview.png, coloured by class.")
+    ] = False,
+    params_file: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+) -> None:
+    """A fine-tuned cell on rasters: <scene>.classes.tif per raster (a COG with the input's CRS,
+    transform and nodata, and the classes' colours)."""
+    params, root = _load(params_file, overrides)
+    from pipeline import predict as predicting
+    from pipeline.train.jobs import resolve_device
+
+    weights = predicting.cell_weights(cell, root)
+    predictor, info = predicting.load_predictor(
+        weights, params, root, overlap, batch_size or params.finetune.batch_size,
+        resolve_device(params),
+    )  # fmt: skip
+    spec = predicting.input_bands(params, info.name)
+    for outputs in predicting.predict_files(
+        predictor, info, spec, rasters, out, probabilities, preview
+    ):
+        typer.echo(f"wrote {outputs.classes}")
+
+
 @app.command("mlflow-ui")
 @one_line_errors
 def mlflow_ui(

@@ -1,0 +1,471 @@
+"""`sop predict`: a fine-tuned cell's segmenter on rasters of any size (README, "Predicting on
+your own imagery").
+
+A scene is cut into windows of the cell's input size (``window_starts``, as in evaluation),
+batched through the model, and each window's logits are blended with weights that fall
+smoothly to near zero at its edges, so a window's border pixels, where a model sees the least
+context, count least and no seam shows. Rows are read by bands, and a row of the output is
+written as soon as no later window covers it: memory holds a band of ``window`` rows, never
+the scene. Outputs are written beside a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from pipeline import layout
+from pipeline.config import Params
+from pipeline.data.catalog import DatasetInfo, get_dataset
+from pipeline.data.tiling import SceneRecord, _open_raster, _scene_size, _to_uint8
+from pipeline.errors import DataError, ParamsError
+from pipeline.files import atomic_write
+from pipeline.models.inits import Normalisation, normalisation_for
+from pipeline.models.segmenters import create_segmenter
+from pipeline.models.weights import read_state_dict
+from pipeline.train.finetune import window_starts
+from pipeline.zoo import base_init
+
+NODATA = 255  # the class map's nodata value: class ids stay below it
+BLOCK = 512  # the output's tile size
+PREVIEW_SIDE = 1024  # the preview's longer side at most
+
+Logits = npt.NDArray[np.float32]
+Warn = Callable[[str], None]
+
+
+def warn_on_stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+# --- blending --------------------------------------------------------------------------------
+
+
+def ramp_width(window: int, overlap: float) -> int:
+    """Pixels over which a window's weight rises: the overlap between neighbouring windows."""
+    stride = max(1, int(window * (1.0 - overlap)))
+    return min(max(window - stride, 0), window // 2)
+
+
+def blend_weights(window: int, overlap: float) -> Logits:
+    """(window, window) weights: sin² from near 0 at the edges to 1 over the overlap, flat
+    inside. Never 0, so a scene's border pixels, covered by one window, are still predicted."""
+    ramp = ramp_width(window, overlap)
+    side = np.ones(window, dtype=np.float64)
+    if ramp > 0:
+        rise = np.sin(np.pi / 2 * (np.arange(ramp) + 0.5) / ramp) ** 2
+        side[:ramp] = rise
+        side[window - ramp :] = np.minimum(side[window - ramp :], rise[::-1])
+    return np.outer(side, side).astype(np.float32)
+
+
+class RowAccumulator:
+    """Weighted logit sums and weight sums for the rows from ``origin`` on, full width."""
+
+    def __init__(self, num_classes: int, width: int) -> None:
+        self.origin = 0
+        self.logits = np.zeros((num_classes, 0, width), dtype=np.float32)
+        self.weights = np.zeros((0, width), dtype=np.float32)
+
+    def _cover(self, end: int) -> None:
+        missing = end - self.origin - self.weights.shape[0]
+        if missing > 0:
+            c, _, w = self.logits.shape
+            self.logits = np.concatenate([self.logits, np.zeros((c, missing, w), np.float32)], 1)
+            self.weights = np.concatenate([self.weights, np.zeros((missing, w), np.float32)])
+
+    def add(self, top: int, left: int, logits: Logits, weights: Logits) -> None:
+        height, width = weights.shape
+        self._cover(top + height)
+        rows = slice(top - self.origin, top - self.origin + height)
+        self.logits[:, rows, left : left + width] += logits * weights
+        self.weights[rows, left : left + width] += weights
+
+    def take(self, end: int) -> Logits:
+        """The blended (C, rows, width) logits of rows ``origin``..``end``, dropped from here."""
+        n = end - self.origin
+        out: Logits = self.logits[:, :n] / self.weights[None, :n]
+        self.logits, self.weights = self.logits[:, n:], self.weights[n:]
+        self.origin = end
+        return out
+
+
+# --- the model over windows ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A segmenter with what it was trained with: its input normalisation and window."""
+
+    model: nn.Module
+    normalisation: Normalisation
+    num_classes: int
+    window: int
+    overlap: float = 0.25
+    batch_size: int = 8
+    device: str = "cpu"
+
+    @torch.inference_mode()
+    def logits(self, crops: Sequence[npt.NDArray[np.uint8]]) -> list[Logits]:
+        """Each (h, w, 3) uint8 crop's (C, h, w) logits; crops smaller than the window (a scene
+        smaller than it) are padded by mirroring, so every batch has one shape."""
+        w = self.window
+        padded = [
+            np.pad(c, ((0, w - c.shape[0]), (0, w - c.shape[1]), (0, 0)), mode="symmetric")
+            for c in crops
+        ]
+        images = torch.from_numpy(np.stack(padded)).to(self.device)
+        inputs = self.normalisation.apply(images.permute(0, 3, 1, 2).float())
+        cuda = torch.device(self.device).type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            out = self.model(inputs).float().cpu().numpy()
+        return [out[i, :, : c.shape[0], : c.shape[1]] for i, c in enumerate(crops)]
+
+
+RowReader = Callable[[int, int], npt.NDArray[np.uint8]]  # (top, bottom) -> (rows, width, 3)
+
+
+def blended_rows(
+    predictor: Predictor, read_rows: RowReader, height: int, width: int
+) -> Iterator[tuple[int, Logits]]:
+    """(first row, (C, rows, width) blended logits) for consecutive row chunks of a scene, each
+    yielded as soon as no later window reaches into it."""
+    window = predictor.window
+    tops = window_starts(height, window, predictor.overlap)
+    lefts = window_starts(width, window, predictor.overlap)
+    weights = blend_weights(window, predictor.overlap)
+    acc = RowAccumulator(predictor.num_classes, width)
+    pending: list[tuple[int, int, npt.NDArray[np.uint8]]] = []
+
+    def run(count: int) -> None:
+        batch, pending[:] = pending[:count], pending[count:]
+        for (top, left, crop), logits in zip(
+            batch, predictor.logits([c for _, _, c in batch]), strict=True
+        ):
+            acc.add(top, left, logits, weights[: crop.shape[0], : crop.shape[1]])
+
+    for k, top in enumerate(tops):
+        band = read_rows(top, min(top + window, height))
+        pending += [(top, left, band[:, left : left + window]) for left in lefts]
+        next_top = tops[k + 1] if k + 1 < len(tops) else height
+        while len(pending) >= predictor.batch_size or (next_top == height and pending):
+            run(predictor.batch_size)
+            final = pending[0][0] if pending else next_top
+            if final > acc.origin:
+                origin = acc.origin
+                yield origin, acc.take(final)
+
+
+def softmax(logits: Logits) -> Logits:
+    shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
+    out: Logits = shifted / shifted.sum(axis=0, keepdims=True)
+    return out
+
+
+# --- rasters in ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputBands:
+    """Which bands are RGB and how they map to 0..255: a custom dataset's ``bands``/``scale``."""
+
+    bands: tuple[int, int, int] | None = None
+    scale: tuple[float, float] | None = None
+    params_section: str | None = None  # named in an error: where to set them
+
+
+class SceneReader:
+    """A raster's RGB rows as uint8 and its validity (False where the input is nodata)."""
+
+    def __init__(self, path: Path, spec: InputBands) -> None:
+        record = SceneRecord(
+            path.stem, path, None, bands=spec.bands, scale=spec.scale,
+            params_section=spec.params_section,
+        )  # fmt: skip
+        self.height, self.width = _scene_size(record)
+        self.path, self.spec = path, spec
+        self.src: Any = _open_raster(path)
+        self.crs = getattr(self.src, "crs", None)
+        self.transform = getattr(self.src, "transform", None)
+
+    def close(self) -> None:
+        self.src.__exit__(None, None, None)
+
+    def _window(self, top: int, bottom: int) -> Any:
+        from rasterio.windows import Window
+
+        return Window(0, top, self.width, bottom - top)
+
+    def rows(self, top: int, bottom: int) -> npt.NDArray[np.uint8]:
+        bands = list(self.spec.bands or (1, 2, 3))
+        strip = self.src.read(bands, window=self._window(top, bottom))
+        return np.ascontiguousarray(_to_uint8(strip, self.spec.scale).transpose(1, 2, 0))
+
+    def valid(self, top: int, bottom: int) -> npt.NDArray[np.bool_]:
+        if not hasattr(self.src, "read_masks"):  # PNG/JPEG: no nodata
+            return np.ones((bottom - top, self.width), dtype=bool)
+        bands = list(self.spec.bands or (1, 2, 3))
+        masks = self.src.read_masks(bands, window=self._window(top, bottom))
+        valid: npt.NDArray[np.bool_] = (masks > 0).any(axis=0)
+        return valid
+
+
+# --- rasters out -----------------------------------------------------------------------------
+
+
+def hue(index: int) -> list[int]:
+    """A colour for a class its dataset gives none: golden-angle hues, distinct and fixed."""
+    turn = (index * 0.618034) % 1.0
+    return [int(255 * (0.5 + 0.5 * math.cos(2 * math.pi * (turn - k / 3)))) for k in range(3)]
+
+
+def palette(info: DatasetInfo) -> npt.NDArray[np.uint8]:
+    """(256, 3) colours: the dataset's per class, black for nodata."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    for c in range(len(info.class_names)):
+        colour = info.class_colors[c] if c < len(info.class_colors) else None
+        lut[c] = hue(c) if colour is None else colour
+    return lut
+
+
+@dataclass(frozen=True)
+class Outputs:
+    classes: Path
+    probabilities: Path | None
+    preview: Path | None
+
+    @classmethod
+    def for_scene(cls, out_dir: Path, scene: Path, probabilities: bool, preview: bool) -> Outputs:
+        stem = out_dir / scene.stem
+        return cls(
+            Path(f"{stem}.classes.tif"),
+            Path(f"{stem}.probabilities.tif") if probabilities else None,
+            Path(f"{stem}.preview.png") if preview else None,
+        )
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(path.name + ".part")
+
+
+def open_output(path: Path, reader: SceneReader, count: int, nodata: int | None) -> Any:
+    """A tiled, deflated GeoTIFF at ``path``'s partial name with the input's georeferencing."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    profile: dict[str, Any] = {
+        "driver": "GTiff", "width": reader.width, "height": reader.height, "count": count,
+        "dtype": "uint8", "nodata": nodata, "tiled": True, "blockxsize": BLOCK,
+        "blockysize": BLOCK, "compress": "deflate", "crs": reader.crs,
+    }  # fmt: skip
+    if reader.transform is not None:
+        profile["transform"] = reader.transform
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(_partial(path), "w", **profile)
+
+
+def finish_cog(path: Path, resampling: str) -> None:
+    """The partial GeoTIFF as a cloud-optimised one at ``path`` (copied by blocks, renamed)."""
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.shutil import copy
+
+    tmp = path.with_name(path.name + ".tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        copy(_partial(path), tmp, driver="COG", compress="DEFLATE", blocksize=BLOCK,
+             overview_resampling=resampling)  # fmt: skip
+    os.replace(tmp, path)
+    _partial(path).unlink()
+
+
+def _remove_partials(outputs: Outputs) -> None:
+    for path in (outputs.classes, outputs.probabilities):
+        if path is not None:
+            _partial(path).unlink(missing_ok=True)
+            path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+
+
+def write_preview(
+    path: Path, rows: list[npt.NDArray[np.uint8]], lut: npt.NDArray[np.uint8]
+) -> None:
+    from PIL import Image
+
+    with atomic_write(path) as handle:
+        Image.fromarray(lut[np.concatenate(rows)]).save(handle, format="PNG")
+
+
+# --- one scene -------------------------------------------------------------------------------
+
+
+def predict_scene(
+    predictor: Predictor,
+    reader: SceneReader,
+    outputs: Outputs,
+    lut: npt.NDArray[np.uint8],
+    progress: bool = True,
+) -> None:
+    """Stream one scene through the predictor into its outputs; none is left half written."""
+    from rasterio.windows import Window
+    from tqdm import tqdm
+
+    step = max(1, math.ceil(max(reader.height, reader.width) / PREVIEW_SIDE))
+    preview: list[npt.NDArray[np.uint8]] = []
+    total = reader.height * reader.width
+    try:
+        classes = open_output(outputs.classes, reader, 1, NODATA)
+        classes.write_colormap(1, {i: (*map(int, lut[i]), 0 if i == NODATA else 255)
+                                   for i in range(256)})  # fmt: skip
+        probs = None
+        if outputs.probabilities is not None:
+            probs = open_output(outputs.probabilities, reader, predictor.num_classes, None)
+        with classes, tqdm(total=total, unit="px", unit_scale=True, desc=reader.path.name,
+                           disable=not progress) as bar:  # fmt: skip
+            for top, logits in blended_rows(predictor, reader.rows, reader.height, reader.width):
+                bottom = top + logits.shape[1]
+                valid = reader.valid(top, bottom)
+                ids = np.where(valid, logits.argmax(0), NODATA).astype(np.uint8)
+                window = Window(0, top, reader.width, bottom - top)
+                classes.write(ids, 1, window=window)
+                if probs is not None:
+                    p = np.rint(softmax(logits) * 255).astype(np.uint8)
+                    probs.write(p, window=window)
+                    probs.write_mask(valid.astype(np.uint8) * 255, window=window)
+                preview.append(ids[(-top) % step :: step, ::step])
+                bar.update(ids.size)
+            if probs is not None:
+                probs.close()
+        finish_cog(outputs.classes, "nearest")
+        if outputs.probabilities is not None:
+            finish_cog(outputs.probabilities, "average")
+        if outputs.preview is not None:
+            write_preview(outputs.preview, preview, lut)
+    except BaseException:
+        _remove_partials(outputs)
+        raise
+
+
+# --- a cell ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CellName:
+    dataset: str
+    name: str  # <model>-<fraction>-s<seed>
+
+
+def cell_weights(cell: str, root: Path) -> Path:
+    """A cell's ``best.safetensors``: from its folder, the file itself, or its name
+    ``<dataset>-<model>-<fraction>-<seed>`` (the finetune stage's) under ``root``."""
+    given = Path(cell)
+    if given.is_dir():
+        return given / layout.BEST_WEIGHTS_FILE
+    if given.suffix == ".safetensors" or given.exists():
+        return given
+    dataset, _, rest = cell.partition("-")
+    model, _, seed = rest.rpartition("-")
+    model, _, fraction = model.rpartition("-")
+    try:
+        name = f"{model}-{float(fraction)}-s{int(seed.removeprefix('s'))}"
+    except ValueError:
+        raise ParamsError(
+            f"{cell}: not a cell (<dataset>-<model>-<fraction>-<seed>, e.g. "
+            "landcoverai-resnet50-seco-0.25-0), a cell folder or a best.safetensors"
+        ) from None
+    return layout.cell_dir(root, CellName(dataset, name)) / layout.BEST_WEIGHTS_FILE
+
+
+def read_run(weights: Path) -> dict[str, Any]:
+    """The cell's training record beside its weights (its dataset, backbone and init)."""
+    if not weights.is_file():
+        raise DataError(f"{weights}: no fine-tuned weights; run the cell's finetune stage first")
+    path = weights.parent / layout.RUN_FILE
+    try:
+        run: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(
+            f"{path}: missing; predict reads the cell's record beside its weights"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    missing = [key for key in ("dataset", "backbone", "init") if key not in run]
+    if missing:
+        raise DataError(f"{path}: lacks {missing}; not a finetune stage's run.json")
+    return run
+
+
+def input_bands(params: Params, dataset: str) -> InputBands:
+    spec = params.data.custom.get(dataset)
+    if spec is None:
+        return InputBands()
+    return InputBands(
+        (spec.bands[0], spec.bands[1], spec.bands[2]) if spec.bands else None,
+        (spec.scale[0], spec.scale[1]) if spec.scale else None,
+        f"data.custom.{dataset}",
+    )
+
+
+def load_predictor(
+    weights: Path, params: Params, root: Path, overlap: float, batch_size: int, device: str
+) -> tuple[Predictor, DatasetInfo]:
+    """The cell's segmenter with its best weights, its training normalisation and window."""
+    if not 0.0 <= overlap < 1.0:
+        raise ParamsError(f"--overlap: want a share in [0, 1), got {overlap}")
+    run = read_run(weights)
+    info = get_dataset(run["dataset"], params.data, root)
+    classes = len(info.class_names)
+    f = params.finetune
+    window = f.input_size_of(run["backbone"])
+    model = create_segmenter(run["backbone"], classes, window)
+    try:
+        model.load_state_dict(read_state_dict(weights))
+    except RuntimeError as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise DataError(
+            f"{weights}: not a {run['backbone']} segmenter for {run['dataset']}'s {classes} "
+            f"classes ({reason})"
+        ) from None
+    model.eval().to(device)
+    norm = normalisation_for(base_init(run["init"]), f.normalisation_of(run["init"]))
+    return Predictor(model, norm, classes, window, overlap, batch_size, device), info
+
+
+def predict_files(
+    predictor: Predictor,
+    info: DatasetInfo,
+    spec: InputBands,
+    rasters: Sequence[Path],
+    out_dir: Path,
+    probabilities: bool = False,
+    preview: bool = False,
+    warn: Warn = warn_on_stderr,
+    progress: bool = True,
+) -> list[Outputs]:
+    """Predict each raster into ``out_dir``; every input is checked before the first runs."""
+    readers = [SceneReader(path, spec) for path in rasters]
+    lut = palette(info)
+    written = []
+    try:
+        for reader in readers:
+            if reader.crs is None:
+                warn(f"{reader.path}: no CRS; its predictions carry none either")
+            outputs = Outputs.for_scene(out_dir, reader.path, probabilities, preview)
+            predict_scene(predictor, reader, outputs, lut, progress)
+            written.append(outputs)
+    finally:
+        for reader in readers:
+            reader.close()
+    return written
