@@ -17,6 +17,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,6 +289,8 @@ def finish_cog(path: Path, resampling: str) -> None:
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         copy(_partial(path), tmp, driver="COG", compress="DEFLATE", blocksize=BLOCK,
              overview_resampling=resampling)  # fmt: skip
+    with open(tmp, "rb") as handle:  # on disk before the name says it is complete
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
     _partial(path).unlink()
 
@@ -311,6 +314,38 @@ def write_preview(
 # --- one scene -------------------------------------------------------------------------------
 
 
+class StripWriter:
+    """Finished rows into the open outputs in strips of whole 512-row blocks, so GDAL compresses
+    each block once instead of re-reading half-written ones from its cache."""
+
+    def __init__(self, classes: Any, probabilities: Any | None) -> None:
+        self.classes, self.probabilities = classes, probabilities
+        self.top = 0  # the first buffered row
+        self.buffered: list[tuple[npt.NDArray[np.uint8], ...]] = []
+
+    def add(self, *rows: npt.NDArray[np.uint8]) -> None:
+        """(ids, valid[, probabilities]) of the next rows."""
+        self.buffered.append(rows)
+        if sum(r[0].shape[0] for r in self.buffered) >= BLOCK:
+            self.flush(whole_blocks=True)
+
+    def flush(self, whole_blocks: bool = False) -> None:
+        from rasterio.windows import Window
+
+        if not self.buffered:
+            return
+        parts = [np.concatenate(column, axis=-2) for column in zip(*self.buffered, strict=True)]
+        rows = parts[0].shape[0]
+        n = rows - rows % BLOCK if whole_blocks else rows
+        window = Window(0, self.top, parts[0].shape[1], n)
+        self.classes.write(parts[0][:n], 1, window=window)
+        if self.probabilities is not None:
+            self.probabilities.write(parts[2][:, :n], window=window)
+            self.probabilities.write_mask(parts[1][:n], window=window)
+        self.top += n
+        self.buffered = [tuple(part[..., n:, :] for part in parts)] if n < rows else []
+
+
 def predict_scene(
     predictor: Predictor,
     reader: SceneReader,
@@ -319,35 +354,33 @@ def predict_scene(
     progress: bool = True,
 ) -> None:
     """Stream one scene through the predictor into its outputs; none is left half written."""
-    from rasterio.windows import Window
     from tqdm import tqdm
 
     step = max(1, math.ceil(max(reader.height, reader.width) / PREVIEW_SIDE))
     preview: list[npt.NDArray[np.uint8]] = []
-    total = reader.height * reader.width
     try:
-        classes = open_output(outputs.classes, reader, 1, NODATA)
-        classes.write_colormap(1, {i: (*map(int, lut[i]), 0 if i == NODATA else 255)
-                                   for i in range(256)})  # fmt: skip
-        probs = None
-        if outputs.probabilities is not None:
-            probs = open_output(outputs.probabilities, reader, predictor.num_classes, None)
-        with classes, tqdm(total=total, unit="px", unit_scale=True, desc=reader.path.name,
-                           disable=not progress) as bar:  # fmt: skip
+        with ExitStack() as files:
+            classes = files.enter_context(open_output(outputs.classes, reader, 1, NODATA))
+            classes.write_colormap(1, {i: (*map(int, lut[i]), 0 if i == NODATA else 255)
+                                       for i in range(256)})  # fmt: skip
+            probs = None
+            if outputs.probabilities is not None:
+                out = open_output(outputs.probabilities, reader, predictor.num_classes, None)
+                probs = files.enter_context(out)
+            writer = StripWriter(classes, probs)
+            bar = files.enter_context(tqdm(total=reader.height * reader.width, unit="px",
+                unit_scale=True, desc=reader.path.name, disable=not progress))  # fmt: skip
             for top, logits in blended_rows(predictor, reader.rows, reader.height, reader.width):
-                bottom = top + logits.shape[1]
-                valid = reader.valid(top, bottom)
+                valid = reader.valid(top, top + logits.shape[1])
                 ids = np.where(valid, logits.argmax(0), NODATA).astype(np.uint8)
-                window = Window(0, top, reader.width, bottom - top)
-                classes.write(ids, 1, window=window)
-                if probs is not None:
-                    p = np.rint(softmax(logits) * 255).astype(np.uint8)
-                    probs.write(p, window=window)
-                    probs.write_mask(valid.astype(np.uint8) * 255, window=window)
-                preview.append(ids[(-top) % step :: step, ::step])
+                mask = valid.astype(np.uint8) * 255
+                if probs is None:
+                    writer.add(ids, mask)
+                else:
+                    writer.add(ids, mask, np.rint(softmax(logits) * 255).astype(np.uint8))
+                preview.append(ids[(-top) % step :: step, ::step].copy())  # not a view of ids
                 bar.update(ids.size)
-            if probs is not None:
-                probs.close()
+            writer.flush()
         finish_cog(outputs.classes, "nearest")
         if outputs.probabilities is not None:
             finish_cog(outputs.probabilities, "average")
@@ -427,6 +460,8 @@ def load_predictor(
     run = read_run(weights)
     info = get_dataset(run["dataset"], params.data, root)
     classes = len(info.class_names)
+    if not 0 < classes < NODATA:
+        raise DataError(f"{run['dataset']}: {classes} classes; predict writes 1 to 254")
     f = params.finetune
     window = f.input_size_of(run["backbone"])
     model = create_segmenter(run["backbone"], classes, window)
@@ -455,6 +490,13 @@ def predict_files(
     progress: bool = True,
 ) -> list[Outputs]:
     """Predict each raster into ``out_dir``; every input is checked before the first runs."""
+    stems: dict[str, Path] = {}
+    for path in rasters:
+        if stems.setdefault(path.stem, path) != path:
+            raise ParamsError(
+                f"{path}: {stems[path.stem]} has its name; both write {path.stem}.classes.tif "
+                "into the same folder (predict them into different --out folders)"
+            )
     readers = [SceneReader(path, spec) for path in rasters]
     lut = palette(info)
     written = []

@@ -152,6 +152,27 @@ def test_rows_are_written_as_soon_as_no_window_reaches_them() -> None:
     assert max(held) <= 2 * window
 
 
+def test_memory_stays_flat_in_the_scenes_height(tmp_path: Path) -> None:
+    """Python-side allocations (numpy: reads, logit sums, strips, preview) peak alike for a
+    scene three times as tall, far below the tall scene's own logits."""
+    import tracemalloc
+
+    peaks = []
+    for height in (2048, 6144):
+        source = write_tif(tmp_path / f"{height}.tif", scene(height, 256).transpose(2, 0, 1).copy())
+        predictor = Predictor(pixelwise(), IMAGENET, CLASSES, 64, 0.25, 16)
+        tracemalloc.start()
+        predict_files(
+            predictor, CATALOG["landcoverai"], InputBands(), [source], tmp_path / "out",
+            probabilities=True, preview=True, progress=False,
+        )  # fmt: skip
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    whole_scene_logits = CLASSES * 6144 * 256 * 4
+    assert peaks[1] < 1.1 * peaks[0]
+    assert peaks[1] < whole_scene_logits / 4
+
+
 def seam(logits: npt.NDArray[Any]) -> float:
     """The largest step between neighbouring columns of class 0's logits."""
     return float(np.abs(np.diff(logits[0], axis=1)).max())
@@ -223,6 +244,41 @@ def test_output_is_a_cog_with_the_inputs_georeferencing_colours_and_nodata(
     preview = np.asarray(Image.open(out.preview))
     assert preview.shape == (70, 90, 3)
     assert (preview == palette(info)[ids]).all()
+
+
+def test_a_scene_taller_than_a_block_is_written_in_whole_strips(tmp_path: Path) -> None:
+    image = scene(1100, 40)
+    image[1000:, :] = 0  # nodata rows in the last, partial block
+    source = write_tif(tmp_path / "tall.tif", image.transpose(2, 0, 1).copy(), nodata=0)
+    model = pixelwise()
+    predictor = Predictor(model, IMAGENET, CLASSES, 32, 0.25, 8)
+    [out] = predict_files(
+        predictor, CATALOG["landcoverai"], InputBands(), [source], tmp_path / "out",
+        probabilities=True, progress=False,
+    )  # fmt: skip
+    expected = whole_image_logits(model, image).argmax(0)
+    with rasterio.open(out.classes) as src:
+        assert src.block_shapes == [(512, 512)]
+        ids = src.read(1)
+    assert (ids[:1000] == expected[:1000]).all()
+    assert (ids[1000:] == NODATA).all()
+    with rasterio.open(out.probabilities) as src:
+        mask = src.dataset_mask()
+    assert (mask[:1000] == 255).all()
+    assert (mask[1000:] == 0).all()
+
+
+def test_two_scenes_with_one_name_are_refused(tmp_path: Path) -> None:
+    pixels = scene(40, 50).transpose(2, 0, 1).copy()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_tif(tmp_path / "a" / "x.tif", pixels)
+    second = write_tif(tmp_path / "b" / "x.tif", pixels)
+    predictor = Predictor(pixelwise(), IMAGENET, CLASSES, 32)
+    with pytest.raises(ParamsError, match=r"b/x\.tif: .*both write x\.classes\.tif"):
+        predict_files(
+            predictor, CATALOG["landcoverai"], InputBands(), [first, second], tmp_path / "out"
+        )
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # reading it back
