@@ -187,39 +187,48 @@ class InputBands:
     params_section: str | None = None  # named in an error: where to set them
 
 
+def scene_record(path: Path, spec: InputBands) -> SceneRecord:
+    return SceneRecord(
+        path.stem, path, None, bands=spec.bands, scale=spec.scale,
+        params_section=spec.params_section,
+    )  # fmt: skip
+
+
 class SceneReader:
     """A raster's RGB rows as uint8 and its validity (False where the input is nodata)."""
 
     def __init__(self, path: Path, spec: InputBands) -> None:
-        record = SceneRecord(
-            path.stem, path, None, bands=spec.bands, scale=spec.scale,
-            params_section=spec.params_section,
-        )  # fmt: skip
-        self.height, self.width = _scene_size(record)
+        self.height, self.width = _scene_size(scene_record(path, spec))
         self.path, self.spec = path, spec
+        self.bands = list(spec.bands or (1, 2, 3))
         self.src: Any = _open_raster(path)
         self.crs = getattr(self.src, "crs", None)
         self.transform = getattr(self.src, "transform", None)
 
-    def close(self) -> None:
+    def __enter__(self) -> SceneReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.src.__exit__(None, None, None)
 
-    def _window(self, top: int, bottom: int) -> Any:
+    def _read(self, what: str, top: int, bottom: int) -> Any:
+        from rasterio.errors import RasterioError
         from rasterio.windows import Window
 
-        return Window(0, top, self.width, bottom - top)
+        window = Window(0, top, self.width, bottom - top)
+        try:
+            return getattr(self.src, what)(self.bands, window=window)
+        except RasterioError as exc:
+            raise DataError(f"{self.path}: rows {top}-{bottom} unreadable ({exc})") from None
 
     def rows(self, top: int, bottom: int) -> npt.NDArray[np.uint8]:
-        bands = list(self.spec.bands or (1, 2, 3))
-        strip = self.src.read(bands, window=self._window(top, bottom))
-        return np.ascontiguousarray(_to_uint8(strip, self.spec.scale).transpose(1, 2, 0))
+        strip = _to_uint8(self._read("read", top, bottom), self.spec.scale)
+        return np.ascontiguousarray(strip.transpose(1, 2, 0))
 
     def valid(self, top: int, bottom: int) -> npt.NDArray[np.bool_]:
         if not hasattr(self.src, "read_masks"):  # PNG/JPEG: no nodata
             return np.ones((bottom - top, self.width), dtype=bool)
-        bands = list(self.spec.bands or (1, 2, 3))
-        masks = self.src.read_masks(bands, window=self._window(top, bottom))
-        valid: npt.NDArray[np.bool_] = (masks > 0).any(axis=0)
+        valid: npt.NDArray[np.bool_] = (self._read("read_masks", top, bottom) > 0).any(axis=0)
         return valid
 
 
@@ -497,17 +506,15 @@ def predict_files(
                 f"{path}: {stems[path.stem]} has its name; both write {path.stem}.classes.tif "
                 "into the same folder (predict them into different --out folders)"
             )
-    readers = [SceneReader(path, spec) for path in rasters]
+    for path in rasters:  # a bad one is named before anything is written
+        _scene_size(scene_record(path, spec))
     lut = palette(info)
     written = []
-    try:
-        for reader in readers:
+    for path in rasters:
+        with SceneReader(path, spec) as reader:
             if reader.crs is None:
-                warn(f"{reader.path}: no CRS; its predictions carry none either")
-            outputs = Outputs.for_scene(out_dir, reader.path, probabilities, preview)
+                warn(f"{path}: no CRS; its predictions carry none either")
+            outputs = Outputs.for_scene(out_dir, path, probabilities, preview)
             predict_scene(predictor, reader, outputs, lut, progress)
-            written.append(outputs)
-    finally:
-        for reader in readers:
-            reader.close()
+        written.append(outputs)
     return written

@@ -43,6 +43,7 @@ from pipeline.train.finetune import sliding_window_logits
 CRS = "EPSG:32634"
 TRANSFORM = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4200000.0)
 CLASSES = 5  # LandCover.ai's
+CELL = "landcoverai-resnet_demo-random-0.25-0"  # the demo cell, as its finetune stage is named
 
 
 def pixelwise(classes: int = CLASSES) -> nn.Module:
@@ -388,7 +389,7 @@ def demo_cell(root: Path) -> Path:
 def test_a_cell_is_found_by_its_stage_name_its_folder_or_its_weights(tmp_path: Path) -> None:
     folder = demo_cell(tmp_path)
     weights = folder / layout.BEST_WEIGHTS_FILE
-    assert cell_weights("landcoverai-resnet_demo-random-0.25-0", tmp_path) == weights
+    assert cell_weights(CELL, tmp_path) == weights
     assert cell_weights(str(folder), tmp_path) == weights
     assert cell_weights(str(weights), tmp_path) == weights
     with pytest.raises(ParamsError, match="not a cell"):
@@ -400,14 +401,14 @@ def test_the_demo_segmenter_predicts_a_scene_through_sop_predict(tmp_path: Path)
     image = scene(100, 150)
     source = write_tif(tmp_path / "scene.tif", image.transpose(2, 0, 1).copy())
     result = CliRunner().invoke(app, [
-        "predict", "landcoverai-resnet_demo-random-0.25-0", str(source), "--out",
+        "predict", CELL, str(source), "--out",
         str(tmp_path / "out"), "--overlap", "0.5", "--params", str(tmp_path / "params.yaml"),
         "--set", "compute.device=cpu",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert f"wrote {tmp_path / 'out' / 'scene.classes.tif'}" in result.output
     params = load_params(tmp_path / "params.yaml")
-    weights = cell_weights("landcoverai-resnet_demo-random-0.25-0", tmp_path)
+    weights = cell_weights(CELL, tmp_path)
     predictor, _ = load_predictor(weights, params, tmp_path, 0.5, 4, "cpu")
     assert predictor.window == 64
     assert predictor.normalisation == IMAGENET
@@ -419,23 +420,39 @@ def test_the_demo_segmenter_predicts_a_scene_through_sop_predict(tmp_path: Path)
 
 
 @pytest.mark.parametrize(
-    ("cell", "message"),
+    ("cell", "raster", "message"),
     [
-        ("landcoverai-resnet_demo-random-0.5-0", "resnet_demo-random-0.5-s0/best.safetensors: no"),
-        ("nonsense", "nonsense: not a cell"),
+        ("landcoverai-resnet_demo-random-0.5-0", "scene.tif",
+         "resnet_demo-random-0.5-s0/best.safetensors: no fine-tuned weights"),
+        ("nonsense", "scene.tif", "nonsense: not a cell"),
+        (CELL, "two.tif", "two.tif: expected 3 bands (RGB), found 2"),
+        (CELL, "broken.tif", "broken.tif: cannot read as a raster"),
+        (CELL, "absent.jpg", "absent.jpg: cannot read as an image"),
     ],
-)
-def test_a_missing_cell_is_one_line_naming_it(tmp_path: Path, cell: str, message: str) -> None:
+)  # fmt: skip
+def test_bad_input_is_one_line_naming_the_file(
+    tmp_path: Path, cell: str, raster: str, message: str
+) -> None:
     demo_cell(tmp_path)
-    source = write_tif(tmp_path / "scene.tif", scene(40, 50).transpose(2, 0, 1).copy())
+    write_tif(tmp_path / "scene.tif", scene(40, 50).transpose(2, 0, 1).copy())
+    write_tif(tmp_path / "two.tif", np.zeros((2, 8, 8), dtype=np.uint8))
+    (tmp_path / "broken.tif").write_text("not a raster")
     result = CliRunner().invoke(app, [
-        "predict", cell, str(source), "--out", str(tmp_path / "out"),
+        "predict", cell, str(tmp_path / raster), "--out", str(tmp_path / "out"),
         "--params", str(tmp_path / "params.yaml"),
     ])  # fmt: skip
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1, result.output
     assert message in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_has_help() -> None:
+    result = CliRunner().invoke(app, ["predict", "--help"])
+    assert result.exit_code == 0, result.output
+    for option in ("--out", "--overlap", "--batch-size", "--probabilities", "--preview"):
+        assert option in result.output
 
 
 def test_a_bad_overlap_names_the_option(tmp_path: Path) -> None:
