@@ -244,6 +244,7 @@ def _check_downstream(demo: Path, params: dict[str, Any]) -> None:
         confusion = json.loads(layout.confusion_path(demo, cell, ".json").read_text())
         assert len(confusion["matrix"]) == 5
         assert layout.confusion_path(demo, cell, ".png").read_bytes()[:4] == b"\x89PNG"
+        assert layout.tile_confusion_path(demo, cell).is_file()
         run = client.get_run(runs[f"landcoverai-{cell.name}"].info.run_id)
         # Evaluate found this run by the weights it evaluated.
         assert run.data.tags["sop.weights_sha256"] == record["weights_sha256"]
@@ -272,8 +273,11 @@ def _check_downstream(demo: Path, params: dict[str, Any]) -> None:
             )
     assert table[0].startswith("dataset,backbone,init,label_fraction,seed,best_val_miou")
     report = (results / "report.md").read_text()
-    assert "SOP reaches equal or better test mIoU" in report
+    assert "SOP reaches better test mIoU than the best other init" in report
+    assert "tile bootstrap, " in report
+    assert "## Metrics" in report
+    assert "test_miou_lo,test_miou_hi" in table[0]
     assert (results / "curves_landcoverai_resnet_demo.png").exists()
-    # Fewer labels, fewer tiles; the same subsets for every init.
-    assert tiles[:3] == tiles[3:]
+    # Fewer labels, fewer tiles; the same subsets for every model (3 fractions each).
+    assert all(tiles[i : i + 3] == tiles[:3] for i in range(0, len(tiles), 3))
     assert tiles[0] > tiles[2]
