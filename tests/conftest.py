@@ -22,8 +22,8 @@ os.environ["DVC_SITE_CACHE_DIR"] = str(_STATE / "dvc-site-cache")
 (_STATE / "prefect").mkdir()
 # Every other temporary file, this process's and the stage and server processes' (torchrun's
 # torchelastic_* logs, MLflow's db_init_lock-*, multiprocessing's pymp-*), goes under _STATE too,
-# not into the machine's temp folder for good. pytest's tmp_path folders stay where pytest keeps
-# them (the last three sessions', for a look after a failure).
+# not into the machine's temp folder for good. pytest's tmp_path folders: a passing test's is
+# removed as it ends (pyproject's tmp_path_retention_policy), a failing test's kept for a look.
 os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
 (_STATE / "tmp").mkdir()
 os.environ["TMPDIR"] = tempfile.tempdir = str(_STATE / "tmp")
