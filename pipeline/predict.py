@@ -169,6 +169,19 @@ def blended_rows(
                 yield origin, acc.take(final)
 
 
+def predict_image(predictor: Predictor, image: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
+    """An in-memory (H, W, 3) uint8 image's (H, W) class ids, windowed and blended as a scene's
+    (a dataset's test images, for a benchmark's submission)."""
+    height, width = image.shape[:2]
+    rows = [
+        logits.argmax(0)
+        for _, logits in blended_rows(
+            predictor, lambda top, bottom: image[top:bottom], height, width
+        )
+    ]
+    return np.concatenate(rows, axis=0)
+
+
 def softmax(logits: Logits) -> Logits:
     shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
     out: Logits = shifted / shifted.sum(axis=0, keepdims=True)

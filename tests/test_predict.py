@@ -37,6 +37,7 @@ from pipeline.predict import (
     load_predictor,
     palette,
     predict_files,
+    predict_image,
 )
 from pipeline.train.finetune import sliding_window_logits
 
@@ -460,3 +461,11 @@ def test_a_bad_overlap_names_the_option(tmp_path: Path) -> None:
     params = load_params(tmp_path / "params.yaml")
     with pytest.raises(ParamsError, match="--overlap"):
         load_predictor(weights, params, tmp_path, 1.0, 4, "cpu")
+
+
+
+def test_an_in_memory_image_is_predicted_as_a_scene_is() -> None:
+    model, image = pixelwise(), scene(150, 170, seed=5)
+    ids = predict_image(Predictor(model, IMAGENET, CLASSES, 64, 0.25, 4), image)
+    assert ids.shape == (150, 170)
+    assert (ids == whole_image_logits(model, image).argmax(0)).all()
