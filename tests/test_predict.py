@@ -463,7 +463,6 @@ def test_a_bad_overlap_names_the_option(tmp_path: Path) -> None:
         load_predictor(weights, params, tmp_path, 1.0, 4, "cpu")
 
 
-
 def test_an_in_memory_image_is_predicted_as_a_scene_is() -> None:
     model, image = pixelwise(), scene(150, 170, seed=5)
     ids = predict_image(Predictor(model, IMAGENET, CLASSES, 64, 0.25, 4), image)
