@@ -6,7 +6,10 @@ batched through the model, and each window's logits are blended with weights tha
 smoothly to near zero at its edges, so a window's border pixels, where a model sees the least
 context, count least and no seam shows. Rows are read by bands, and a row of the output is
 written as soon as no later window covers it: memory holds a band of ``window`` rows, never
-the scene. Outputs are written beside a temporary name and renamed when complete.
+the scene. A scene wider than ``STRIPE`` is done in vertical stripes, each with every window of
+the scene's grid that reaches into it, so memory is flat in the width as well and a pixel blends
+the same windows whichever stripe holds it. Outputs are written beside a temporary name and
+renamed when complete.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ from pipeline.zoo import base_init
 
 NODATA = 255  # the class map's nodata value: class ids stay below it
 BLOCK = 512  # the output's tile size
+STRIPE = 8 * BLOCK  # output columns predicted at a time: memory is flat in the width too
 PREVIEW_SIDE = 1024  # the preview's longer side at most
+GDAL_CACHE_BYTES = 32 << 20  # GDAL's block cache otherwise grows to 5% of RAM as it writes
 
 Logits = npt.NDArray[np.float32]
 Warn = Callable[[str], None]
@@ -139,13 +144,19 @@ RowReader = Callable[[int, int], npt.NDArray[np.uint8]]  # (top, bottom) -> (row
 
 
 def blended_rows(
-    predictor: Predictor, read_rows: RowReader, height: int, width: int
+    predictor: Predictor,
+    read_rows: RowReader,
+    height: int,
+    width: int,
+    lefts: Sequence[int] | None = None,
 ) -> Iterator[tuple[int, Logits]]:
     """(first row, (C, rows, width) blended logits) for consecutive row chunks of a scene, each
-    yielded as soon as no later window reaches into it."""
+    yielded as soon as no later window reaches into it. ``lefts``: the windows' columns (a
+    stripe's share of the scene's grid), by default the grid over ``width``."""
     window = predictor.window
     tops = window_starts(height, window, predictor.overlap)
-    lefts = window_starts(width, window, predictor.overlap)
+    if lefts is None:
+        lefts = window_starts(width, window, predictor.overlap)
     weights = blend_weights(window, predictor.overlap)
     acc = RowAccumulator(predictor.num_classes, width)
     pending: list[tuple[int, int, npt.NDArray[np.uint8]]] = []
@@ -180,6 +191,27 @@ def predict_image(predictor: Predictor, image: npt.NDArray[np.uint8]) -> npt.NDA
         )
     ]
     return np.concatenate(rows, axis=0)
+
+
+@dataclass(frozen=True)
+class Stripe:
+    """Output columns ``left``..``right`` and the scene's windows that reach into them, which
+    read columns ``read_left``..``read_right``."""
+
+    left: int
+    right: int
+    read_left: int
+    read_right: int
+    lefts: tuple[int, ...]  # the windows' columns, from ``read_left``
+
+
+def stripes(width: int, window: int, overlap: float, stripe: int = STRIPE) -> Iterator[Stripe]:
+    grid = window_starts(width, window, overlap)
+    for left in range(0, width, stripe):
+        right = min(left + stripe, width)
+        mine = [x for x in grid if x < right and x + window > left]
+        read_left, read_right = mine[0], min(mine[-1] + window, width)
+        yield Stripe(left, right, read_left, read_right, tuple(x - read_left for x in mine))
 
 
 def softmax(logits: Logits) -> Logits:
@@ -224,24 +256,29 @@ class SceneReader:
     def __exit__(self, *exc: object) -> None:
         self.src.__exit__(None, None, None)
 
-    def _read(self, what: str, top: int, bottom: int) -> Any:
+    def _read(self, what: str, top: int, bottom: int, left: int, right: int) -> Any:
         from rasterio.errors import RasterioError
         from rasterio.windows import Window
 
-        window = Window(0, top, self.width, bottom - top)
+        window = Window(left, top, right - left, bottom - top)
         try:
             return getattr(self.src, what)(self.bands, window=window)
         except RasterioError as exc:
             raise DataError(f"{self.path}: rows {top}-{bottom} unreadable ({exc})") from None
 
-    def rows(self, top: int, bottom: int) -> npt.NDArray[np.uint8]:
-        strip = _to_uint8(self._read("read", top, bottom), self.spec.scale)
+    def rows(
+        self, top: int, bottom: int, left: int = 0, right: int | None = None
+    ) -> npt.NDArray[np.uint8]:
+        """(rows, columns, 3) uint8 RGB of rows ``top``..``bottom``, all columns by default."""
+        right = self.width if right is None else right
+        strip = _to_uint8(self._read("read", top, bottom, left, right), self.spec.scale)
         return np.ascontiguousarray(strip.transpose(1, 2, 0))
 
-    def valid(self, top: int, bottom: int) -> npt.NDArray[np.bool_]:
+    def valid(self, top: int, bottom: int, left: int, right: int) -> npt.NDArray[np.bool_]:
         if not hasattr(self.src, "read_masks"):  # PNG/JPEG: no nodata
-            return np.ones((bottom - top, self.width), dtype=bool)
-        valid: npt.NDArray[np.bool_] = (self._read("read_masks", top, bottom) > 0).any(axis=0)
+            return np.ones((bottom - top, right - left), dtype=bool)
+        masks = self._read("read_masks", top, bottom, left, right)
+        valid: npt.NDArray[np.bool_] = (masks > 0).any(axis=0)
         return valid
 
 
@@ -324,13 +361,24 @@ def _remove_partials(outputs: Outputs) -> None:
             path.with_name(path.name + ".tmp").unlink(missing_ok=True)
 
 
-def write_preview(
-    path: Path, rows: list[npt.NDArray[np.uint8]], lut: npt.NDArray[np.uint8]
-) -> None:
-    from PIL import Image
+class Preview:
+    """Every ``step``-th row and column of the class map, filled stripe by stripe."""
 
-    with atomic_write(path) as handle:
-        Image.fromarray(lut[np.concatenate(rows)]).save(handle, format="PNG")
+    def __init__(self, height: int, width: int) -> None:
+        self.step = max(1, math.ceil(max(height, width) / PREVIEW_SIDE))
+        self.ids = np.full((-(-height // self.step), -(-width // self.step)), NODATA, np.uint8)
+
+    def add(self, top: int, left: int, ids: npt.NDArray[np.uint8]) -> None:
+        first_row, first_col = (-top) % self.step, (-left) % self.step
+        part = ids[first_row :: self.step, first_col :: self.step]
+        row, col = (top + first_row) // self.step, (left + first_col) // self.step
+        self.ids[row : row + part.shape[0], col : col + part.shape[1]] = part
+
+    def write(self, path: Path, lut: npt.NDArray[np.uint8]) -> None:
+        from PIL import Image
+
+        with atomic_write(path) as handle:
+            Image.fromarray(lut[self.ids]).save(handle, format="PNG")
 
 
 # --- one scene -------------------------------------------------------------------------------
@@ -340,9 +388,9 @@ class StripWriter:
     """Finished rows into the open outputs in strips of whole 512-row blocks, so GDAL compresses
     each block once instead of re-reading half-written ones from its cache."""
 
-    def __init__(self, classes: Any, probabilities: Any | None) -> None:
+    def __init__(self, classes: Any, probabilities: Any | None, left: int = 0) -> None:
         self.classes, self.probabilities = classes, probabilities
-        self.top = 0  # the first buffered row
+        self.top, self.left = 0, left  # the first buffered row; the stripe's first column
         self.buffered: list[tuple[npt.NDArray[np.uint8], ...]] = []
 
     def add(self, *rows: npt.NDArray[np.uint8]) -> None:
@@ -359,13 +407,36 @@ class StripWriter:
         parts = [np.concatenate(column, axis=-2) for column in zip(*self.buffered, strict=True)]
         rows = parts[0].shape[0]
         n = rows - rows % BLOCK if whole_blocks else rows
-        window = Window(0, self.top, parts[0].shape[1], n)
+        window = Window(self.left, self.top, parts[0].shape[1], n)
         self.classes.write(parts[0][:n], 1, window=window)
         if self.probabilities is not None:
             self.probabilities.write(parts[2][:, :n], window=window)
             self.probabilities.write_mask(parts[1][:n], window=window)
         self.top += n
         self.buffered = [tuple(part[..., n:, :] for part in parts)] if n < rows else []
+
+
+def predict_stripe(
+    predictor: Predictor, reader: SceneReader, stripe: Stripe, writer: StripWriter
+) -> Iterator[tuple[int, npt.NDArray[np.uint8]]]:
+    """Write one stripe's rows as they are finished; yield (first row, class ids) of each."""
+    read_left, read_right = stripe.read_left, stripe.read_right
+    columns = slice(stripe.left - read_left, stripe.right - read_left)
+    chunks = blended_rows(
+        predictor, lambda top, bottom: reader.rows(top, bottom, read_left, read_right),
+        reader.height, read_right - read_left, stripe.lefts,
+    )  # fmt: skip
+    for top, logits in chunks:
+        logits = logits[:, :, columns]
+        valid = reader.valid(top, top + logits.shape[1], stripe.left, stripe.right)
+        ids = np.where(valid, logits.argmax(0), NODATA).astype(np.uint8)
+        mask = valid.astype(np.uint8) * 255
+        if writer.probabilities is None:
+            writer.add(ids, mask)
+        else:
+            writer.add(ids, mask, np.rint(softmax(logits) * 255).astype(np.uint8))
+        yield top, ids
+    writer.flush()
 
 
 def predict_scene(
@@ -378,8 +449,7 @@ def predict_scene(
     """Stream one scene through the predictor into its outputs; none is left half written."""
     from tqdm import tqdm
 
-    step = max(1, math.ceil(max(reader.height, reader.width) / PREVIEW_SIDE))
-    preview: list[npt.NDArray[np.uint8]] = []
+    preview = Preview(reader.height, reader.width)
     try:
         with ExitStack() as files:
             classes = files.enter_context(open_output(outputs.classes, reader, 1, NODATA))
@@ -389,25 +459,18 @@ def predict_scene(
             if outputs.probabilities is not None:
                 out = open_output(outputs.probabilities, reader, predictor.num_classes, None)
                 probs = files.enter_context(out)
-            writer = StripWriter(classes, probs)
             bar = files.enter_context(tqdm(total=reader.height * reader.width, unit="px",
                 unit_scale=True, desc=reader.path.name, disable=not progress))  # fmt: skip
-            for top, logits in blended_rows(predictor, reader.rows, reader.height, reader.width):
-                valid = reader.valid(top, top + logits.shape[1])
-                ids = np.where(valid, logits.argmax(0), NODATA).astype(np.uint8)
-                mask = valid.astype(np.uint8) * 255
-                if probs is None:
-                    writer.add(ids, mask)
-                else:
-                    writer.add(ids, mask, np.rint(softmax(logits) * 255).astype(np.uint8))
-                preview.append(ids[(-top) % step :: step, ::step].copy())  # not a view of ids
-                bar.update(ids.size)
-            writer.flush()
+            for stripe in stripes(reader.width, predictor.window, predictor.overlap, STRIPE):
+                writer = StripWriter(classes, probs, stripe.left)
+                for top, ids in predict_stripe(predictor, reader, stripe, writer):
+                    preview.add(top, stripe.left, ids)
+                    bar.update(ids.size)
         finish_cog(outputs.classes, "nearest")
         if outputs.probabilities is not None:
             finish_cog(outputs.probabilities, "average")
         if outputs.preview is not None:
-            write_preview(outputs.preview, preview, lut)
+            preview.write(outputs.preview, lut)
     except BaseException:
         _remove_partials(outputs)
         raise
@@ -521,10 +584,12 @@ def predict_files(
             )
     for path in rasters:  # a bad one is named before anything is written
         _scene_size(scene_record(path, spec))
+    import rasterio
+
     lut = palette(info)
     written = []
     for path in rasters:
-        with SceneReader(path, spec) as reader:
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), SceneReader(path, spec) as reader:
             if reader.crs is None:
                 warn(f"{path}: no CRS; its predictions carry none either")
             outputs = Outputs.for_scene(out_dir, path, probabilities, preview)

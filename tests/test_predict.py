@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from typer.testing import CliRunner
 
 from pipeline import layout
+from pipeline import predict as predicting
 from pipeline.cli import app
 from pipeline.config import load_params
 from pipeline.data.catalog import CATALOG
@@ -38,8 +39,9 @@ from pipeline.predict import (
     palette,
     predict_files,
     predict_image,
+    stripes,
 )
-from pipeline.train.finetune import sliding_window_logits
+from pipeline.train.finetune import sliding_window_logits, window_starts
 
 CRS = "EPSG:32634"
 TRANSFORM = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4200000.0)
@@ -173,6 +175,66 @@ def test_memory_stays_flat_in_the_scenes_height(tmp_path: Path) -> None:
     whole_scene_logits = CLASSES * 6144 * 256 * 4
     assert peaks[1] < 1.1 * peaks[0]
     assert peaks[1] < whole_scene_logits / 4
+
+
+def test_memory_stays_flat_in_the_scenes_width(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scene three times as wide is done in three times the stripes, each of one size."""
+    import tracemalloc
+
+    monkeypatch.setattr(predicting, "STRIPE", 512)
+    peaks = []
+    for width in (1024, 3072):
+        source = write_tif(tmp_path / f"{width}.tif", scene(256, width).transpose(2, 0, 1).copy())
+        predictor = Predictor(pixelwise(), IMAGENET, CLASSES, 64, 0.25, 16)
+        tracemalloc.start()
+        predict_files(
+            predictor, CATALOG["landcoverai"], InputBands(), [source], tmp_path / "out",
+            probabilities=True, preview=True, progress=False,
+        )  # fmt: skip
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 1.1 * peaks[0]
+    assert peaks[1] < CLASSES * 256 * 3072 * 4 / 2  # half the wide scene's logits
+
+
+@pytest.mark.parametrize(("width", "window", "overlap"), [(1000, 64, 0.25), (300, 32, 0.5)])
+def test_stripes_cover_each_column_once_with_every_window_reaching_into_them(
+    width: int, window: int, overlap: float
+) -> None:
+    grid = window_starts(width, window, overlap)
+    parts = list(stripes(width, window, overlap, stripe=128))
+    assert [p.left for p in parts] == list(range(0, width, 128))
+    assert [p.right for p in parts] == [*range(128, width, 128), width]
+    for p in parts:
+        reaching = [x for x in grid if x < p.right and x + window > p.left]
+        assert [p.read_left + x for x in p.lefts] == reaching
+        assert p.read_left <= p.left
+        assert p.right <= p.read_right <= width
+
+
+def test_a_scene_wider_than_a_stripe_gets_the_same_blend_as_in_one_piece(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows disagree at their borders (PerWindow), so the stripes must blend each pixel
+    over the same windows as the whole width would, bit for bit."""
+    source = write_tif(tmp_path / "wide.tif", scene(100, 700).transpose(2, 0, 1).copy())
+    predictor = Predictor(PerWindow(4.0), IMAGENET, 2, 64, 0.25, 4)
+    read = []
+    for stripe in (4096, 128):
+        monkeypatch.setattr(predicting, "STRIPE", stripe)
+        [out] = predict_files(
+            predictor, CATALOG["landcoverai"], InputBands(), [source], tmp_path / str(stripe),
+            probabilities=True, preview=True, progress=False,
+        )  # fmt: skip
+        assert out.probabilities is not None
+        assert out.preview is not None
+        with rasterio.open(out.classes) as ids, rasterio.open(out.probabilities) as probs:
+            read.append((ids.read(), probs.read(), np.asarray(Image.open(out.preview))))
+    for whole, striped in zip(*read, strict=True):
+        np.testing.assert_array_equal(whole, striped)
+    assert len(np.unique(read[0][1][0])) > 10  # the blend varies across the scene
 
 
 def seam(logits: npt.NDArray[Any]) -> float:
