@@ -118,19 +118,19 @@ def cell_source(weights: Path) -> Source:
 
 
 def _source_from_path(given: Path) -> Source:
-    folder = given if given.is_dir() else given.parent
-    if given.is_dir() and not any(
-        (given / f).is_file() for f in (layout.ENCODER_FILE, layout.BEST_WEIGHTS_FILE)
-    ):
+    """A run's or a cell's folder, or the weights file in it."""
+    if given.is_dir():
+        if (given / layout.ENCODER_FILE).is_file():
+            return pretrain_source(given / layout.ENCODER_FILE)
+        if (given / layout.BEST_WEIGHTS_FILE).is_file():
+            return cell_source(given / layout.BEST_WEIGHTS_FILE)
         raise DataError(
             f"{given}: neither {layout.ENCODER_FILE} (a pretrain run) nor "
             f"{layout.BEST_WEIGHTS_FILE} (a fine-tuned cell)"
         )
-    weights = given if given.is_file() else folder / layout.ENCODER_FILE
-    if (folder / layout.RUN_FILE).is_file() or given.name == layout.BEST_WEIGHTS_FILE:
-        weights = given if given.is_file() else folder / layout.BEST_WEIGHTS_FILE
-        return cell_source(weights)
-    return pretrain_source(weights)
+    if given.name == layout.BEST_WEIGHTS_FILE or (given.parent / layout.RUN_FILE).is_file():
+        return cell_source(given)
+    return pretrain_source(given)
 
 
 def resolve_source(given: str, root: Path, main_variant: str) -> Source:

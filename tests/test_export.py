@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from pipeline import layout
 from pipeline.cli import app
 from pipeline.data.catalog import CATALOG
-from pipeline.export import hub_licence
+from pipeline.export import hub_licence, resolve_source
 from pipeline.models.backbones import create_backbone
 from pipeline.models.segmenters import create_segmenter
 from pipeline.models.weights import save_encoder
@@ -230,6 +230,11 @@ def write_cell(root: Path) -> nn.Module:
 
 def test_a_fine_tuned_cell_exports_its_encoder(tmp_path: Path) -> None:
     encoder = write_cell(tmp_path)
+    folder = tmp_path / "models" / "finetune" / "landcoverai" / "vit_tiny_demo-sop-0.25-s0"
+    for given in (CELL, str(folder), str(folder / layout.BEST_WEIGHTS_FILE)):
+        found = resolve_source(given, tmp_path, "56-0.0")
+        named = ("cell", "landcoverai-vit_tiny_demo-sop-0.25-s0", tmp_path.resolve())
+        assert (found.kind, found.name, found.root) == named
     out = tmp_path / "export"
     export_ok(tmp_path, CELL, out)
     config = json.loads((out / "hf" / "config.json").read_text())
