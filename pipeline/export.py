@@ -315,6 +315,9 @@ def provenance(source: Source, main_variant: str) -> Provenance:
         dataset = str(record["dataset"])
         datasets.append((dataset, "pretraining (pretext task)", dataset_licence(dataset)))
     if source.kind == "cell":
+        init = INITS[base_init(str(source.record["init"]))]
+        if init.kind in ("timm", "url"):  # published weights: their data's terms are theirs
+            datasets.append((init.name, f"starting weights: {init.description}", None))
         dataset = str(source.record["dataset"])
         datasets.append((dataset, "fine-tuning (labels)", dataset_licence(dataset)))
     metrics = pretext_metrics(source.root, run, record) if run and record else {}
@@ -471,11 +474,17 @@ def _summary(source: Source, encoder: Encoder, n_params: int) -> str:
         else f"the encoder of the fine-tuned segmentation cell `{source.name}` (init "
         f"`{source.record['init']}`, {source.record.get('fraction')} of the labels)"
     )
-    return (
+    head = (
         f"A `{encoder.backbone}` encoder (timm `{encoder.timm_name}`, {n_params / 1e6:.2f}M "
-        f"parameters): {what}. Pretraining is subimage overlap prediction (a model learns to "
-        "mark where a random subimage lies inside its source image; Sharma & Marin, WACV 2026 "
-        "CV4EO workshop, arXiv 2601.01781), as the `sop` pipeline reproduces it."
+        f"parameters): {what}."
+    )
+    init = INITS[base_init(str(source.record.get("init", "sop")))]
+    if init.kind != "sop":
+        return f"{head} Its starting weights: {init.description}; no SOP pretraining."
+    return (
+        f"{head} Pretraining is subimage overlap prediction (a model learns to mark where a "
+        "random subimage lies inside its source image; Sharma & Marin, WACV 2026 CV4EO "
+        "workshop, arXiv 2601.01781), as the `sop` pipeline reproduces it."
     )
 
 
@@ -514,7 +523,9 @@ def _provenance_rows(source: Source, prov: Provenance, encoder: Encoder) -> list
     for key in ("pretext_variant", "kept", "starting_weights", "steps", "train_tiles",
                 "val_tiles", "tile_index_sha256", "encoder_sha256"):  # fmt: skip
         if key in record:
-            rows.append((key.replace("_", " "), f"`{record[key]}`"))
+            label = key.replace("_", " ")
+            label = f"pretrain {label}" if source.kind == "cell" else label
+            rows.append((label, f"`{record[key]}`"))
     rows += [
         ("code commit", f"`{prov.commit}`: {prov.commit_note}"),
         ("exported", f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `sop export` (sop "

@@ -45,6 +45,7 @@ finetune:
 FINAL = {"epoch": 20, "train_loss": 0.1234, "val_iou": 0.5417, "val_box_iou": 0.5102,
          "baseline_iou": 0.4331}  # fmt: skip
 CELL = "landcoverai-vit_tiny_demo-sop-0.25-0"
+KEPT = {"resnet_demo": "encoder A (source)", "vit_tiny_demo": "the ViT backbone"}
 
 
 def write_run(root: Path, backbone: str, seed: int = 0) -> nn.Module:
@@ -57,7 +58,7 @@ def write_run(root: Path, backbone: str, seed: int = 0) -> nn.Module:
     save_encoder(encoder, folder / layout.ENCODER_FILE)
     provenance = {
         "backbone": backbone, "pretext_variant": "56-0.0", "encoder": layout.ENCODER_FILE,
-        "encoder_sha256": "ab" * 32, "kept": "encoder A (source)",
+        "encoder_sha256": "ab" * 32, "kept": KEPT[backbone],
         "params": {"seed": 0, "pretrain": {"backbone": backbone, "source_size": 112,
                                            "subimage_size": 56, "epochs": 20},
                    "compute": {"device": "cpu"}},
@@ -250,6 +251,25 @@ def test_a_fine_tuned_cell_exports_its_encoder(tmp_path: Path) -> None:
         "| `best_val_miou` | 0.6100 |",
     ):
         assert text in card, text
+
+
+def test_a_cell_from_random_weights_claims_no_pretraining(tmp_path: Path) -> None:
+    folder = tmp_path / "models" / "finetune" / "landcoverai" / "resnet_demo-random-1.0-s0"
+    torch.manual_seed(2)
+    segmenter = create_segmenter("resnet_demo", 5, 64).eval()
+    save_encoder(segmenter, folder / layout.BEST_WEIGHTS_FILE)
+    record = {"dataset": "landcoverai", "backbone": "resnet_demo", "init": "random",
+              "fraction": 1.0, "seed": 0, "metrics": {"best_val_miou": 0.4}}  # fmt: skip
+    (folder / layout.RUN_FILE).write_text(json.dumps(record))
+    out = tmp_path / "export"
+    export_ok(tmp_path, str(folder / layout.BEST_WEIGHTS_FILE), out)
+    x = torch.randn(1, 3, 64, 64)
+    encoder: nn.Module = segmenter.encoder
+    torch.testing.assert_close(features(timm_load(out), x), features(encoder, x), rtol=0, atol=0)
+    card = (out / "hf" / "README.md").read_text()
+    assert "no SOP pretraining" in card
+    assert "| pretrain run | none |" in card
+    assert "pretraining (pretext task)" not in card
 
 
 def test_an_existing_export_is_kept_unless_forced(tmp_path: Path) -> None:
