@@ -466,6 +466,42 @@ def predict(
         typer.echo(f"wrote {outputs.classes}")
 
 
+@app.command()
+@one_line_errors
+def export(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A pretrain run (its name, e.g. resnet50-112-0.0, or a backbone for its main "
+            "run; its folder or encoder.safetensors) or a fine-tuned cell (named as for "
+            "`sop predict`; its folder or best.safetensors)."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="The folder to write timm/ and hf/ into.")
+    ],
+    repo: Annotated[
+        str | None,
+        typer.Option(help="The hub repository the card names (default: <you>/sop-<name>)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite files in a non-empty timm/ or hf/.")
+    ] = False,
+    params_file: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+) -> None:
+    """An encoder for others: timm/ (weights timm alone loads, and the call) and hf/ (the
+    Hugging Face hub layout with a model card: provenance, metrics, the data's licence).
+    Nothing is uploaded."""
+    params, root = _load(params_file, overrides)
+    from pipeline import export as exporting
+
+    found = exporting.resolve_source(source, root, params.pretrain.main_variant)
+    written = exporting.export(found, params, out, repo, force)
+    typer.echo(f"wrote {written.timm_dir} (timm alone loads it; see its README.md)")
+    typer.echo(f"wrote {written.hf_dir} (the hub layout and model card; nothing uploaded)")
+
+
 @app.command("mlflow-ui")
 @one_line_errors
 def mlflow_ui(

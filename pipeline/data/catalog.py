@@ -47,6 +47,9 @@ class DatasetInfo:
     has_masks: bool = True
     remainder_fixed: bool = False  # True: official tile ids depend on dropping partial tiles
     how_to_get: str = ""
+    # The data's licence: an SPDX identifier where it has one, else its terms in words; None
+    # where nobody recorded one (a user's imagery). `sop export` puts it on a model card.
+    licence: str | None = None
 
 
 def split_by_hash(name: str, seed: int, fractions: Sequence[float]) -> str:
@@ -138,6 +141,7 @@ LANDCOVERAI = DatasetInfo(
     evaluated_classes=(0, 1, 2, 3, 4),
     scene_records=landcoverai_records,
     remainder_fixed=True,
+    licence="CC-BY-NC-SA-4.0",  # as landcover.ai states it (torchgeo's dataset table agrees)
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -223,6 +227,7 @@ LOVEDA = DatasetInfo(
     ignore_index=0,
     evaluated_classes=(1, 2, 3, 4, 5, 6, 7),
     scene_records=loveda_records,
+    licence="CC-BY-NC-SA-4.0",  # the LoveDA repository's README
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -308,6 +313,10 @@ DEEPGLOBE = DatasetInfo(
     ignore_index=None,
     evaluated_classes=(0, 1, 2, 3, 4, 5),
     scene_records=deepglobe_records,
+    licence=(
+        "DeepGlobe 2018 challenge terms: the DeepGlobe rules, the DigitalGlobe internal-use "
+        "licence and the annotation licence (research use only)"
+    ),
     how_to_get=(
         "DeepGlobe has no public direct download. Sign in to Kaggle, download data.zip from "
         "kaggle.com/datasets/geoap96/deepglobe2018-landcover-segmentation-traindataset "
