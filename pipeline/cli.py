@@ -14,7 +14,7 @@ import typer
 
 from pipeline import layout
 from pipeline.env import apply_env_defaults
-from pipeline.errors import PipelineError
+from pipeline.errors import ParamsError, PipelineError
 from pipeline.stage import one_line_errors
 
 app = typer.Typer(
@@ -429,9 +429,11 @@ def predict(
         ),
     ],
     rasters: Annotated[
-        list[Path], typer.Argument(help="Scenes of any size: GeoTIFF, PNG or JPEG.")
-    ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The folder to write into.")],
+        list[Path] | None, typer.Argument(help="Scenes of any size: GeoTIFF, PNG or JPEG.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="The folder to write into.")
+    ] = None,
     overlap: Annotated[
         float, typer.Option(help="Share of a window its neighbours overlap (blended).")
     ] = 0.25,
@@ -445,25 +447,58 @@ def predict(
     preview: Annotated[
         bool, typer.Option("--preview", help="Also <scene>.preview.png, coloured by class.")
     ] = False,
+    loveda_submission: Annotated[
+        Path | None,
+        typer.Option(
+            "--loveda-submission",
+            help="Instead of rasters: a LoveDA cell on LoveDA's Test images (the download "
+            "stage's), zipped into this file as LoveDA's test server takes them.",
+        ),
+    ] = None,
     params_file: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
 ) -> None:
     """A fine-tuned cell on rasters: <scene>.classes.tif per raster (a COG with the input's CRS,
-    transform and nodata, and the classes' colours)."""
+    transform and nodata, and the classes' colours); or, with --loveda-submission, LoveDA's
+    test-server zip."""
     params, root = _load(params_file, overrides)
     from pipeline import predict as predicting
     from pipeline.train.jobs import resolve_device
 
     weights = predicting.cell_weights(cell, root)
-    predictor, info = predicting.load_predictor(
-        weights, params, root, overlap, batch_size or params.finetune.batch_size,
-        resolve_device(params),
-    )  # fmt: skip
+    device, batch = resolve_device(params), batch_size or params.finetune.batch_size
+    if loveda_submission is not None:
+        from pipeline import submission
+
+        _check_submission(cell, predicting.read_run(weights), rasters, out)
+        predictor, _ = predicting.load_predictor(weights, params, root, overlap, batch, device)
+        images = submission.loveda_test_images(submission.extracted_folders(root))
+        typer.echo(f"wrote {submission.write_submission(predictor, images, loveda_submission)}")
+        return
+    if not rasters or out is None:
+        raise ParamsError("predict: give rasters and --out (or --loveda-submission ZIP)")
+    predictor, info = predicting.load_predictor(weights, params, root, overlap, batch, device)
     spec = predicting.input_bands(params, info.name)
     for outputs in predicting.predict_files(
         predictor, info, spec, rasters, out, probabilities, preview
     ):
         typer.echo(f"wrote {outputs.classes}")
+
+
+def _check_submission(
+    cell: str, run: dict[str, Any], rasters: list[Path] | None, out: Path | None
+) -> None:
+    """--loveda-submission takes a LoveDA cell and reads its own images."""
+    if run["dataset"] != "loveda":
+        raise ParamsError(
+            f"--loveda-submission: {cell} is a {run['dataset']} cell; LoveDA's test server "
+            "takes a loveda cell's predictions"
+        )
+    if rasters or out is not None:
+        raise ParamsError(
+            "--loveda-submission: predicts LoveDA's Test images (the download stage's); "
+            "give no rasters or --out"
+        )
 
 
 @app.command()

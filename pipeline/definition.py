@@ -1,9 +1,10 @@
 """One pipeline definition: dvc.yaml's code deps from the import graph, the demo's derived.
 
-dvc.yaml is written by hand except for its code deps: each stage depends on its entry
-(``stages/<name>.py``) and on every package module that entry runs
+dvc.yaml is written by hand except for its code deps and its predict stage: each stage depends
+on its entry (``stages/<name>.py``) and on every package module that entry runs
 (:func:`pipeline.imports.closure`), so a change to any of them, and to nothing else, makes the
-stage stale. demo/dvc.yaml is
+stage stale; the predict stage (LoveDA's test-server submissions) is there exactly when the
+profile's grid has LoveDA cells (``finetune.datasets`` holds loveda). demo/dvc.yaml is
 dvc.yaml seen from demo/ with a synth stage first, whose archive the download stage reads.
 Edited as text, so that dvc.yaml's comments stay. ``sop stages`` writes both; ``--check``
 only compares.
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import layout
+from pipeline.config import Params, load_params
 from pipeline.imports import closure
 
 DEMO_DIR = "demo"
@@ -36,6 +38,37 @@ SYNTH_STAGE = f"""  synth:
           cache: false
 
 """
+# LoveDA's test-server submissions: one stage per LoveDA cell of the grid, named as the cell's
+# finetune stage is (predict@loveda-<model>-<fraction>-<seed>); only in a profile with one.
+SUBMITTED_DATASET = "loveda"
+ITEM = "${item.dataset} ${item.model} ${item.fraction} ${item.seed}"
+CELL_NAME = "${item.model}-${item.fraction}-s${item.seed}"
+PREDICT_STAGE = """  predict:
+    # LoveDA's test server (hidden Test labels): each LoveDA cell's predictions on the Test
+    # images, zipped as the server takes them. Written by `sop stages` only while
+    # finetune.datasets holds loveda; it reads the params evaluate reads.
+    matrix:
+      dataset: [loveda]
+      model: ${finetune.models}
+      fraction: ${data.label_fractions}
+      seed: ${finetune.seeds}
+    cmd: python stages/predict.py <item>
+    deps:
+      - data/raw/${item.dataset}
+      - models/finetune/${item.dataset}/<cell>/best.safetensors
+      - models/finetune/${item.dataset}/<cell>/run.json
+      - stages/predict.py
+    params:
+      - finetune.normalisation
+      - finetune.input_size
+      - finetune.backbone_input_size
+      - finetune.window_overlap
+      - compute.device
+    outs:
+      - submissions/${item.dataset}/<cell>.zip
+
+""".replace("<item>", ITEM).replace("<cell>", CELL_NAME)
+PREDICT_BLOCK = re.compile(r"(?m)^  predict:\n(?:(?:    .*|)\n)*")
 STAGE_CMD = re.compile(r"^\s*cmd: python (?:\.\./)?stages/(\w+)\.py\b")
 CODE_DEP = re.compile(r"^(\s*)- (?:\.\./)?(?:stages|pipeline)/\S+\.py\s*$")
 
@@ -72,9 +105,28 @@ def with_code_deps(text: str, root: Path) -> str:
     return "".join(out)
 
 
+def profile_params(params_file: Path) -> Params:
+    """A profile's params; a profile without a file gets the defaults (the paper's)."""
+    if not params_file.is_file():
+        return Params()
+    return load_params(params_file)
+
+
+def with_predict_stage(text: str, params: Params) -> str:
+    """``text`` (a dvc.yaml) with the predict stage just before the report's if ``params``'
+    grid has LoveDA cells, and without it otherwise."""
+    text = PREDICT_BLOCK.sub("", text)
+    if SUBMITTED_DATASET not in params.finetune.datasets:
+        return text
+    if "\n  report:\n" not in text:
+        raise ValueError("dvc.yaml: no report stage to put the predict stage before")
+    return text.replace("\n  report:\n", "\n" + PREDICT_STAGE + "  report:\n", 1)
+
+
 def demo_definition(text: str, root: Path) -> str:
     """demo/dvc.yaml from dvc.yaml's ``text``: seen from demo/, with the synth stage first."""
     body = text[text.index("stages:\n") :]
+    body = with_predict_stage(body, profile_params(root / DEMO_DIR / layout.PARAMS_FILE))
     body = body.replace("stages:\n", "stages:\n" + SYNTH_STAGE, 1)
     body = with_code_deps(body, root)
     body = re.sub(r"(?m)^(\s*(?:- |cmd: python ))(stages|pipeline)/", r"\1../\2/", body)
@@ -88,7 +140,9 @@ def demo_definition(text: str, root: Path) -> str:
 
 def expected_files(root: Path) -> dict[Path, str]:
     """What dvc.yaml and demo/dvc.yaml should hold."""
-    paper = with_code_deps((root / layout.DVC_FILE).read_text(), root)
+    paper = (root / layout.DVC_FILE).read_text()
+    paper = with_predict_stage(paper, profile_params(root / layout.PARAMS_FILE))
+    paper = with_code_deps(paper, root)
     return {
         root / layout.DVC_FILE: paper,
         root / DEMO_DIR / layout.DVC_FILE: demo_definition(paper, root),

@@ -120,6 +120,11 @@ def tile_confusion_path(root: Path, cell: GridCell) -> Path:
     return tile_confusion_dir(root) / cell.dataset / f"{cell.name}.npz"
 
 
+def submission_path(root: Path, cell: GridCell) -> Path:
+    """A LoveDA cell's test-server submission (the predict stage's zip)."""
+    return root / "submissions" / cell.dataset / f"{cell.name}.zip"
+
+
 def results_dir(root: Path) -> Path:
     return root / RESULTS_DIR
 

@@ -255,6 +255,38 @@ def render_markdown(
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class _Cell:
+    dataset: str
+    name: str
+
+
+SUBMITTED = "loveda"  # the dataset whose test server takes the predict stage's zips
+
+
+def submission_lines(table: pd.DataFrame) -> list[str]:
+    """Where each LoveDA cell's test-server zip lies (its predict stage's output, named from the
+    layout; the report does not read it). None without LoveDA cells."""
+    rows = table[table["dataset"] == SUBMITTED]
+    if not len(rows):
+        return []
+    lines = [
+        "",
+        "## LoveDA test-server submissions",
+        "",
+        "LoveDA's test labels are hidden (its figures above are on val). Each cell's predictions "
+        "on the Test images, zipped as LoveDA's test server takes them, are its predict stage's "
+        "output, under the pipeline root:",
+        "",
+    ]
+    for row in rows.itertuples():
+        dataset, name = str(row.cell).split("/", 1)
+        path = layout.submission_path(Path(), _Cell(dataset, name)).as_posix()
+        stage = f"predict@{dataset}-{row.backbone}-{row.init}-{row.label_fraction}-{row.seed}"
+        lines.append(f"- `{path}` (`{stage}`)")
+    return lines
+
+
 def plot_curves(curve_table: pd.DataFrame, out_dir: Path, threshold: float) -> list[Path]:
     """Validation mIoU against epoch, a line per init, a panel per fraction; one PNG per
     (dataset, backbone)."""
@@ -350,7 +382,8 @@ def write_report(
     report = out_dir / "report.md"
     sweep_lines, sweep_plots = sweep_sections(table, out_dir, main_dataset)
     markdown = render_markdown(table, evidence, verdicts, threshold, plots, boot, data)
-    report.write_text(markdown + "".join(f"{line}\n" for line in sweep_lines))
+    extra = sweep_lines + submission_lines(table)
+    report.write_text(markdown + "".join(f"{line}\n" for line in extra))
     paths = {"results": results, "summary": summary_file, "report": report}
     return paths | {p.stem: p for p in plots + sweep_plots}
 

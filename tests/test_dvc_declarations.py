@@ -112,6 +112,37 @@ def test_downstream_stages_declare_the_params_they_read(root: Path) -> None:
         assert set(_stage(root, name)["params"]) == read, name
 
 
+def test_the_predict_stage_declares_the_params_it_reads() -> None:
+    """The paper grid's LoveDA cells (the demo has none, so no predict stage)."""
+    from pipeline.flows.predict import predict_section
+
+    params: Params = load_params(REPO / "params.yaml")
+    item = {"finetune.dataset", "finetune.model", "finetune.fraction", "finetune.seed"}
+    read = set().union(*(
+        _in_dvc_terms(predict_section(params, Cell("loveda", model, fraction, seed)), item)
+        for model in params.finetune.models
+        for fraction in params.data.label_fractions
+        for seed in params.finetune.seeds
+    ))  # fmt: skip
+    stage = _stage(REPO, "predict")
+    assert set(stage["params"]) == read
+    assert stage["matrix"] == {
+        "dataset": ["loveda"],
+        "model": "${finetune.models}",
+        "fraction": "${data.label_fractions}",
+        "seed": "${finetune.seeds}",
+    }
+    assert stage["cmd"].endswith(
+        "stages/predict.py ${item.dataset} ${item.model} ${item.fraction} ${item.seed}"
+    )
+    tree = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key in stage["params"]:
+        node = tree
+        for part in key.split("."):
+            assert part in node, f"params.yaml lacks {key}: DVC would fail"
+            node = node[part]
+
+
 @pytest.mark.parametrize("root", [REPO, REPO / "demo"], ids=["paper", "demo"])
 def test_the_grid_matrix_comes_from_params_and_reaches_the_commands(root: Path) -> None:
     for name in ("finetune", "evaluate"):

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from pipeline import layout
+from pipeline.config import load_params
 from pipeline.flows.finetune import Cell
 from pipeline.flows.pretrain import pretrain_name
 
@@ -160,6 +161,7 @@ def expected(root: Path) -> dict[str, Expected]:
                 ],
             },
         ),
+        **predict_stage(root),
         "report": Expected(
             {},
             {
@@ -172,6 +174,27 @@ def expected(root: Path) -> dict[str, Expected]:
                 "outs": [layout.results_dir(root)],
             },
         ),
+    }
+
+
+def predict_stage(root: Path) -> dict[str, Expected]:
+    """LoveDA's test-server submissions: a stage only in a profile whose grid has LoveDA cells."""
+    if "loveda" not in load_params(root / layout.PARAMS_FILE).finetune.datasets:
+        return {}
+    cell = Cell("loveda", MODEL, float(FRACTION), int(SEED))
+    weights = layout.cell_dir(root, cell)
+    return {
+        "predict": Expected(
+            {**GRID_ITEM, "item.dataset": "loveda"},
+            {
+                "deps": [
+                    layout.raw_dir(root, "loveda"),
+                    weights / layout.BEST_WEIGHTS_FILE,
+                    weights / layout.RUN_FILE,
+                ],
+                "outs": [layout.submission_path(root, cell)],
+            },
+        )
     }
 
 

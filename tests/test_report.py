@@ -16,7 +16,13 @@ from pipeline import layout
 from pipeline.claims import Bootstrap, Evidence, check_claims
 from pipeline.errors import DataError
 from pipeline.intervals import TileConfusion, miou, per_image_miou
-from pipeline.report import collect, load_confusions, paper_table, write_report
+from pipeline.report import (
+    collect,
+    load_confusions,
+    paper_table,
+    submission_lines,
+    write_report,
+)
 
 TILES = 24
 # init -> fraction -> (accuracy on every tile, epoch to the threshold or None)
@@ -215,6 +221,24 @@ def test_report_files_intervals_definitions_and_the_val_only_note(tmp_path: Path
     for name in ("curves_landcoverai_resnet50", "fractions_loveda_resnet50"):
         assert out[name].read_bytes()[:4] == b"\x89PNG"
         assert f"({name}.png)" in report
+    assert "## LoveDA test-server submissions" in report
+    assert (
+        "- `submissions/loveda/resnet50-sop-1.0-s0.zip` (`predict@loveda-resnet50-sop-1.0-0`)"
+        in report
+    )
+
+
+def test_the_submissions_section_lists_each_loveda_cell_and_only_with_one(tmp_path: Path) -> None:
+    write_cells(tmp_path, SOP_WINS_MORE_WITH_FEWER_LABELS)
+    assert submission_lines(collect(tmp_path)) == []
+    write_cells(tmp_path, {"random": {1.0: (0.6, None), 0.25: (0.5, None)}}, "loveda", "val")
+    lines = submission_lines(collect(tmp_path))
+    assert lines[1] == "## LoveDA test-server submissions"
+    paths = [line.split("`")[1] for line in lines if line.startswith("- ")]
+    assert paths == [
+        layout.submission_path(Path(), Named("loveda", name)).as_posix()
+        for name in ("resnet50-random-1.0-s0", "resnet50-random-0.25-s0")
+    ]
 
 
 def test_excluded_classes_are_named_with_their_reason(tmp_path: Path) -> None:
