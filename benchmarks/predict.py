@@ -1,18 +1,19 @@
 """`sop predict` on the CPU: pixels per second with the demo's ResNet cell, and peak memory for
 scenes of 4k x 4k and 20k x 20k pixels (flat in the scene's size, or not).
 
-Every measurement runs in a process of its own and reports its peak RSS (``ru_maxrss`` of that
-process, read with ``os.wait4``):
+Every measurement runs in a process of its own and reports its peak RSS (``VmHWM``, read by the
+process itself at its end: ``ru_maxrss`` of a forked child counts the parent's pages it shared
+before its exec, and the parent has just written a 20k scene):
 
 * ``resnet cell``: the command's path (``load_predictor`` and ``predict_files``, as
   ``sop predict <cell> <scene> --out ...`` calls them) with the demo's ResNet cell
-  (``resnet_demo``, window 128, overlap 0.25), on synthetic GeoTIFFs of 2048 and 4096 px a
-  side. Without a trained demo (``make demo``) the cell is an untrained ``resnet_demo``
+  (``resnet_demo``, window 128, overlap 0.25), on synthetic GeoTIFFs of 2048, 4096 and 20480
+  px a side. Without a trained demo (``make demo``) the cell is an untrained ``resnet_demo``
   segmenter with the demo's params: the same architecture, so the same speed.
 * ``1x1 conv``: ``pipeline.predict.predict_files`` with a one-layer pixel-wise model in the
-  cell's place, on 4096 and 20480 px a side. The model's own memory is one batch's, whatever
-  the scene; this isolates what grows with the scene: reading, blending, writing the COG. (The
-  ResNet would take about 90 minutes over 20k x 20k on two cores.)
+  cell's place, on 4096 and 20480 px a side: what grows with the scene (reading, blending,
+  writing the COG) shows alone, without the model's own memory, which is one batch's whatever
+  the scene.
 
 The scenes are tiled, deflated 3-band uint8 GeoTIFFs of smooth synthetic fields, written by
 strips of rows (so writing them is flat in memory too).
@@ -41,6 +42,8 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
 SECTION = "predict"
+CELL_SIDES = [2048, 4096, 20480]  # px a side
+CONV_SIDES = [4096, 20480]
 DEMO_PARAMS = ROOT / "demo" / "params.yaml"
 DEMO_CELL = ROOT / "demo/models/finetune/landcoverai/resnet_demo-sop-1.0-s0/best.safetensors"
 
@@ -90,17 +93,14 @@ def demo_cell(folder: Path) -> tuple[Path, str]:
 
 
 def measured(command: list[str]) -> dict[str, Any]:
-    """Run ``command`` in its own process: its seconds and peak RSS (MB)."""
+    """Run ``command`` in its own process: its seconds and what it prints last (JSON)."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
+    done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=False)
     seconds = time.perf_counter() - start
-    output = process.stdout.read() if process.stdout else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"benchmark child failed: {' '.join(command)}\n{output}")
-    last = output.strip().splitlines()[-1] if output.strip() else "{}"
-    child = json.loads(last) if last.startswith("{") else {}
-    return {"seconds": seconds, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), **child}
+    if done.returncode != 0:
+        raise SystemExit(f"benchmark child failed: {' '.join(command)}\n{done.stdout}")
+    child: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"seconds": seconds, **child}
 
 
 def child(model: str, scene: Path, out: Path) -> None:
@@ -125,7 +125,15 @@ def child(model: str, scene: Path, out: Path) -> None:
     predict_files(predictor, CATALOG["landcoverai"], InputBands(), [scene], out, preview=True,
                   progress=False)  # fmt: skip
     seconds = time.perf_counter() - start
-    print(json.dumps({"rss_after_imports_mb": round(rss / 2**20, 1), "predict_s": seconds}))
+    hwm_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("VmHWM:")
+    )
+    print(json.dumps({
+        "rss_after_imports_mb": round(rss / 2**20, 1), "predict_s": seconds,
+        "peak_rss_mb": round(hwm_kb / 1024, 1),
+    }))  # fmt: skip
 
 
 def run(cell_sides: list[int], conv_sides: list[int], work: Path) -> dict[str, Any]:
@@ -185,7 +193,7 @@ def render(figures: dict[str, Any], info: dict[str, Any]) -> str:
             f"- The ResNet cell: {figures['cell']}; window 128, overlap 0.25, batch 8, "
             "class map + preview (no probabilities)",
             "- Each row is one process: Mpx/s over the prediction (windows, blending, the "
-            "COG), the process's wall time with its imports, its peak RSS (`ru_maxrss`). "
+            "COG), the process's wall time with its imports, its peak RSS (`VmHWM`). "
             "`1x1 conv`: a pixel-wise model in the cell's place, so that what grows with the "
             "scene shows alone (see the script's docstring).",
             "- GPU: pending (no GPU was lent to the session that measured this).",
@@ -212,7 +220,7 @@ def main() -> None:
     from run import RESULTS, git_commit, machine, update_section
 
     started = time.perf_counter()
-    cell_sides, conv_sides = ([256], [512, 1024]) if args.quick else ([2048, 4096], [4096, 20480])
+    cell_sides, conv_sides = ([256], [512, 1024]) if args.quick else (CELL_SIDES, CONV_SIDES)
     with tempfile.TemporaryDirectory(prefix="sop-bench-predict-") as work:
         figures = run(cell_sides, conv_sides, Path(work))
     info = {

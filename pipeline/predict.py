@@ -33,7 +33,7 @@ from torch import nn
 from pipeline import layout
 from pipeline.config import Params
 from pipeline.data.catalog import DatasetInfo, get_dataset
-from pipeline.data.tiling import SceneRecord, _open_raster, _scene_size, _to_uint8
+from pipeline.data.tiling import SceneRecord, open_raster, scene_size, to_uint8
 from pipeline.errors import DataError, ParamsError
 from pipeline.files import atomic_write
 from pipeline.models.inits import Normalisation, normalisation_for
@@ -243,10 +243,10 @@ class SceneReader:
     """A raster's RGB rows as uint8 and its validity (False where the input is nodata)."""
 
     def __init__(self, path: Path, spec: InputBands) -> None:
-        self.height, self.width = _scene_size(scene_record(path, spec))
+        self.height, self.width = scene_size(scene_record(path, spec))
         self.path, self.spec = path, spec
         self.bands = list(spec.bands or (1, 2, 3))
-        self.src: Any = _open_raster(path)
+        self.src: Any = open_raster(path)
         self.crs = getattr(self.src, "crs", None)
         self.transform = getattr(self.src, "transform", None)
 
@@ -271,7 +271,7 @@ class SceneReader:
     ) -> npt.NDArray[np.uint8]:
         """(rows, columns, 3) uint8 RGB of rows ``top``..``bottom``, all columns by default."""
         right = self.width if right is None else right
-        strip = _to_uint8(self._read("read", top, bottom, left, right), self.spec.scale)
+        strip = to_uint8(self._read("read", top, bottom, left, right), self.spec.scale)
         return np.ascontiguousarray(strip.transpose(1, 2, 0))
 
     def valid(self, top: int, bottom: int, left: int, right: int) -> npt.NDArray[np.bool_]:
@@ -583,7 +583,7 @@ def predict_files(
                 "into the same folder (predict them into different --out folders)"
             )
     for path in rasters:  # a bad one is named before anything is written
-        _scene_size(scene_record(path, spec))
+        scene_size(scene_record(path, spec))
     import rasterio
 
     lut = palette(info)

@@ -216,7 +216,8 @@ class _DecodedImage:
         return bands[[i - 1 for i in indexes]]
 
 
-def _open_raster(path: Path) -> Any:
+def open_raster(path: Path) -> Any:
+    """A scene opened for windowed reads: rasterio, or PIL behind the same calls for PNG/JPEG."""
     if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
         return _DecodedImage(path)
     import rasterio
@@ -231,11 +232,14 @@ def _open_raster(path: Path) -> Any:
         raise DataError(f"{path}: cannot read as a raster ({exc})") from None
 
 
-def _scene_size(record: SceneRecord) -> tuple[int, int]:
+def scene_size(record: SceneRecord) -> tuple[int, int]:
+    """(height, width) of a scene whose bands, pixel type and mask fit its record, or a
+    one-line DataError naming the file and the params to set."""
+
     def hint(key: str) -> str:
         return f"; set {record.params_section}.{key}" if record.params_section else ""
 
-    with _open_raster(record.image) as src:
+    with open_raster(record.image) as src:
         height, width, count, dtype = src.height, src.width, src.count, src.dtypes[0]
     if record.bands is None and count != 3:
         raise DataError(f"{record.image}: expected 3 bands (RGB), found {count}{hint('bands')}")
@@ -246,7 +250,7 @@ def _scene_size(record: SceneRecord) -> tuple[int, int]:
     if dtype != "uint8" and record.scale is None:
         raise DataError(f"{record.image}: expected uint8 pixels, found {dtype}{hint('scale')}")
     if record.mask is not None:
-        with _open_raster(record.mask) as msk:
+        with open_raster(record.mask) as msk:
             mask_size = (msk.height, msk.width)
         if mask_size != (height, width):
             raise DataError(
@@ -265,7 +269,7 @@ def plan_tiling(records: Sequence[SceneRecord], meta: StoreMeta) -> TilingPlan:
     scenes = []
     offset = 0
     for record in records:
-        height, width = _scene_size(record)
+        height, width = scene_size(record)
         grid = tuple(tile_grid(height, width, meta.tile_size, meta.remainder))
         scenes.append(ScenePlan(record, height, width, grid, offset))
         offset += len(grid)
@@ -335,7 +339,8 @@ def prepare_store(plan: TilingPlan, out_dir: Path) -> StoreBuild:
     return StoreBuild(work, [s for s in plan.scenes if s.record.scene not in done])
 
 
-def _to_uint8(strip: npt.NDArray[Any], scale: tuple[float, float] | None) -> npt.NDArray[np.uint8]:
+def to_uint8(strip: npt.NDArray[Any], scale: tuple[float, float] | None) -> npt.NDArray[np.uint8]:
+    """Pixels as uint8: as they are, or ``scale``'s (low, high) stretched to 0..255."""
     if scale is None:
         return strip.astype(np.uint8, copy=False)
     low, high = scale
@@ -399,7 +404,7 @@ def _read_strip(
     """
     bands = list(record.bands or (1, 2, 3))
     if isinstance(src, _DecodedImage) or record.scale is not None:
-        strip: npt.NDArray[np.uint8] = _to_uint8(src.read(bands, window=window), record.scale)
+        strip: npt.NDArray[np.uint8] = to_uint8(src.read(bands, window=window), record.scale)
         return strip.transpose(1, 2, 0)
     view = buffer[: window.height, : window.width]
     src.read(bands, window=window, out=view.transpose(2, 0, 1))
@@ -432,8 +437,8 @@ def tile_scene(scene: ScenePlan, out_dir: Path, meta: StoreMeta, threads: int = 
             stack.enter_context(
                 rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_NUM_THREADS=str(max(1, threads)))
             )
-            src = stack.enter_context(_open_raster(record.image))
-            msk = stack.enter_context(_open_raster(record.mask)) if record.mask else None
+            src = stack.enter_context(open_raster(record.image))
+            msk = stack.enter_context(open_raster(record.mask)) if record.mask else None
             position = scene.offset
             for y, cells in by_row.items():
                 # One strip per tile row: bounded memory and few, large reads.
