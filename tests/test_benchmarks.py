@@ -57,6 +57,22 @@ def test_tiling_figures_are_positive(tmp_path: Path) -> None:
             assert row[key] > 0, (row["method"], key)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("benchmarks")
+def test_predict_figures_are_positive(tmp_path: Path) -> None:
+    import predict
+
+    figures = predict.run([128], [256], tmp_path)
+    assert [(row["case"], row["scene"]) for row in figures["rows"]] == [
+        ("resnet cell", "128x128"),
+        ("1x1 conv", "256x256"),
+    ]
+    for row in figures["rows"]:
+        for key in ("predict_s", "mpx_s", "peak_rss_mb", "rss_after_imports_mb"):
+            assert row[key] > 0, (row["case"], key)
+        assert row["peak_rss_mb"] >= row["rss_after_imports_mb"]
+
+
 @pytest.mark.usefixtures("benchmarks")
 def test_demo_timings_split_work_stage_overhead_and_dvc() -> None:
     import demo_stages
