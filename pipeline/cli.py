@@ -570,7 +570,8 @@ def mlflow_ui(
     location = tracking.artifact_location(root)
     if location is not None:
         command += ["--default-artifact-root", location]
-    typer.echo(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)")
+    # MLflow 3.17's UI opens experiments in its GenAI view unless the URL asks for the ML one.
+    typer.echo(f"MLflow UI on {tracking.ui_url(f'http://{host}:{port}')} (Ctrl-C to stop)")
     raise typer.Exit(subprocess.call(command, env=os.environ.copy()))
 
 

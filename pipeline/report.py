@@ -7,7 +7,9 @@ Inputs are the small files the finetune and evaluate stages write (DVC metrics a
 init, label fraction and seed. Outputs: ``results/results.csv`` (one row per cell, each figure
 with its interval), ``results/summary.csv`` (one row per cell over its seeds),
 ``results/report.md`` (the paper-style table, the metrics' definitions and a verdict per claim
-with its uncertainty: :mod:`pipeline.claims`) and PNG plots.
+with its uncertainty: :mod:`pipeline.claims`), PNG plots, and ``results/report.html``: the same
+report as one page with its plots inlined, which MLflow's artifact viewer renders (it shows a
+markdown file's image links as text).
 """
 
 from __future__ import annotations
@@ -384,8 +386,46 @@ def write_report(
     markdown = render_markdown(table, evidence, verdicts, threshold, plots, boot, data)
     extra = sweep_lines + submission_lines(table)
     report.write_text(markdown + "".join(f"{line}\n" for line in extra))
-    paths = {"results": results, "summary": summary_file, "report": report}
+    page = report.with_suffix(".html")
+    page.write_text(html_report(report))
+    paths = {"results": results, "summary": summary_file, "report": report, "report_html": page}
     return paths | {p.stem: p for p in plots + sweep_plots}
+
+
+HTML_STYLE = (
+    "body{font-family:sans-serif;max-width:70em;margin:1em auto;padding:0 1em;line-height:1.4}"
+    "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:.2em .5em}"
+    "img{max-width:100%}code{background:#f4f4f4}"
+)
+
+
+def html_report(markdown_file: Path) -> str:
+    """``markdown_file`` as one HTML page, each local image it shows inlined as a data URI (the
+    page stands alone: MLflow's artifact viewer loads no neighbouring file)."""
+    import base64
+    import html
+    import mimetypes
+    import re
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown_file.read_text())
+
+    def inline(match: re.Match[str]) -> str:
+        source = html.unescape(match.group(2))
+        path = markdown_file.parent / source
+        if "://" in source or source.startswith("data:") or not path.is_file():
+            return match.group(0)
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'{match.group(1)}"data:{kind};base64,{data}"'
+
+    body = re.sub(r'(<img\b[^>]*?\bsrc=)"([^"]*)"', inline, body)
+    title = html.escape(markdown_file.stem)
+    return (
+        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{HTML_STYLE}</style></head>\n<body>\n{body}</body></html>\n"
+    )
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,18 @@
 """MLflow conventions, used by every stage.
 
 - One experiment per stage kind: ``<prefix>-download``, ``<prefix>-tile``, ``<prefix>-pretrain`` ...
-- Run names say the grid cell (``landcoverai-vits14-sop-0.25-s0``) or the dataset.
+  Each is created with the tag ``mlflow.experimentKind=custom_model_development`` (a training
+  experiment, not a GenAI one).
+- Run names say the stage first, then what tells the run from its siblings, then where it
+  belongs (:func:`run_label`): ``finetune sop 0.25 s0 · landcoverai vits14``,
+  ``download · landcoverai``. The UI's Run Name column shows the first 20 characters or so.
+- A run's identity (stage, dataset, backbone, init, fraction, seed: what it has) is a param and
+  a tag ``sop.<key>`` each, never a metric: ``tags.`sop.stage` = 'finetune'`` filters the UI.
 - Params are flattened with dotted keys (``pretrain.subimage_size``).
+- Metrics are what changes over steps (the training curves) and the evaluate runs' test
+  figures; a training run's single values (best epoch, final figures, speed) are tags
+  ``summary.<key>`` and the artifact ``summary.json`` (:func:`summary_tags`), so its metrics
+  tab opens on its curves.
 - Tags: the git commit and a dirty flag, the DVC stage (DVC sets ``DVC_STAGE`` for its
   commands), the sha256 of the input tile index, and ``mlflow.parentRunId`` when the grid's
   parent run id is in ``SOP_PARENT_RUN_ID``.
@@ -40,6 +50,18 @@ ARTIFACTS_DIR = "mlartifacts"
 MAX_PARAM_VALUE = 6000  # MLflow 3's limit on a param value's length
 PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch call
 SQLITE_PREFIX = "sqlite:///"
+STAGE_TAG = "sop.stage"
+IDENTITY_PREFIX = "sop."
+IDENTITY_KEYS = ("dataset", "backbone", "init", "variant", "fraction", "seed")
+CONTEXT_KEYS = ("dataset", "backbone")  # where a run belongs: last in its name
+SUMMARY_PREFIX = "summary."
+SUMMARY_FILE = "summary.json"
+# MLflow 3's experiment kinds: this one is "Machine learning" (runs, metrics, models), not
+# "GenAI apps & agents" (traces).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+# The MLflow 3 UI's query parameter for its ML view (it opens in its GenAI view otherwise).
+ML_VIEW_QUERY = "workflowType=machine_learning"
 
 
 def tracking_uri(root: Path) -> str:
@@ -119,11 +141,50 @@ def experiment_name(stage: str, prefix: str = "sop") -> str:
     return f"{prefix}-{stage}"
 
 
+def _shown(key: str, value: Any) -> str:
+    if key == "fraction":
+        return f"{float(value):g}"
+    if key == "seed":
+        return f"s{value}"
+    return str(value)
+
+
+def run_label(stage: str, identity: Mapping[str, Any] | None = None) -> str:
+    """``finetune sop 0.25 s0 · landcoverai resnet50``: the stage, what tells the run from its
+    siblings (in ``identity``'s order), then after a middle dot where it belongs (dataset,
+    backbone). The UI cuts names at about 20 characters: the distinguishing part comes first."""
+    identity = identity or {}
+    detail = [_shown(k, v) for k, v in identity.items() if k not in CONTEXT_KEYS]
+    context = [str(identity[k]) for k in CONTEXT_KEYS if k in identity]
+    head = " ".join([stage, *detail])
+    return f"{head} · {' '.join(context)}" if context else head
+
+
+def identity_entries(stage: str, identity: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """``{'sop.stage': 'finetune', 'sop.dataset': 'landcoverai', ...}``: a run's identity, as
+    both its params and its tags carry it."""
+    entries = {STAGE_TAG: stage}
+    for key, value in (identity or {}).items():
+        entries[f"{IDENTITY_PREFIX}{key}"] = str(float(value) if key == "fraction" else value)
+    return entries
+
+
+def summary_tags(values: Mapping[str, Any], prefix: str = SUMMARY_PREFIX) -> dict[str, str]:
+    """A run's single values (not curves) as tags ``summary.<key>``: shown in the run's overview
+    and the runs table, off its metrics tab. Identity keys (params already) and nested values
+    (the JSON artifact has them) are left out."""
+    return {
+        f"{prefix}{key}": str(value)
+        for key, value in values.items()
+        if key not in IDENTITY_KEYS and (value is None or isinstance(value, str | int | float))
+    }
+
+
 def run_tags(
     root: Path, *, stage: str, tile_index_hash: str | None = None, dvc_stage: str | None = None
 ) -> dict[str, str]:
     commit, dirty = git_state(root)
-    tags = {"sop.stage": stage}
+    tags = {STAGE_TAG: stage}
     if commit is not None:
         tags["git.commit"] = commit
         tags["mlflow.source.git.commit"] = commit
@@ -150,13 +211,15 @@ def stage_run(
     stage: str,
     *,
     root: Path,
-    run_name: str,
     params: Mapping[str, Any],
+    identity: Mapping[str, Any] | None = None,
+    run_name: str | None = None,
     resolved_params_yaml: str | None = None,
     tile_index_hash: str | None = None,
     experiment_prefix: str = "sop",
 ) -> Iterator[Any]:
-    """Open the MLflow run of one stage invocation, following the conventions above."""
+    """Open the MLflow run of one stage invocation, following the conventions above; named by
+    :func:`run_label` from ``stage`` and ``identity`` unless ``run_name`` is given."""
     apply_env_defaults(root)
     import mlflow
     from mlflow.entities import Param
@@ -173,11 +236,14 @@ def stage_run(
             # The UI nests a child under its parent only within one experiment.
             experiment_id = _parent_experiment(client, parent, uri)
         else:
-            name = experiment_name(stage, experiment_prefix)
-            experiment_id = _experiment_id(client, name, location)
-        tags = run_tags(root, stage=stage, tile_index_hash=tile_index_hash)
-        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
-            flat = list(flatten(params).items())
+            experiment_id = _experiment_id(
+                client, experiment_name(stage, experiment_prefix), location
+            )
+        own = identity_entries(stage, identity)
+        tags = run_tags(root, stage=stage, tile_index_hash=tile_index_hash) | own
+        name = run_name or run_label(stage, identity)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags) as run:
+            flat = list((flatten(params) | own).items())
             for start in range(0, len(flat), PARAMS_PER_BATCH):
                 batch = [Param(k, v) for k, v in flat[start : start + PARAMS_PER_BATCH]]
                 client.log_batch(run.info.run_id, params=batch, synchronous=True)
@@ -193,10 +259,20 @@ def stage_run(
 
 
 def _experiment_id(client: Any, name: str, location: str | None) -> str:
+    """The experiment ``name``, created as a training experiment (an older one is marked so)."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return str(experiment.experiment_id)
-    return str(client.create_experiment(name, artifact_location=location))
+    if experiment is None:
+        kind = {EXPERIMENT_KIND_TAG: TRAINING_KIND}
+        return str(client.create_experiment(name, artifact_location=location, tags=kind))
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+    return str(experiment.experiment_id)
+
+
+def ui_url(base: str, experiment_id: str | None = None) -> str:
+    """The MLflow UI at ``base`` opened on its ML view (on an experiment's runs if given)."""
+    page = f"experiments/{experiment_id}/runs" if experiment_id else "experiments"
+    return f"{base.rstrip('/')}/#/{page}?{ML_VIEW_QUERY}"
 
 
 def _parent_experiment(client: Any, parent: str, uri: str) -> str:

@@ -382,7 +382,7 @@ def test_paper_flow_against_mlflow_and_prefect_servers(
     by_stage = {run.data.tags["dvc.stage"]: run for run in children}
     assert sorted(by_stage) == sorted(TARGETS)
     download = by_stage["download@landcoverai"]
-    assert (download.info.run_name, download.info.status) == ("landcoverai", "FINISHED")
+    assert (download.info.run_name, download.info.status) == ("download · landcoverai", "FINISHED")
     assert download.data.tags["sop.stage"] == "download"
     assert download.data.params["data.sources.landcoverai.url"] == "archive/landcover.ai.v1.zip"
     # Checked against the md5 the synth stage recorded, through the real md5 path.
@@ -395,7 +395,7 @@ def test_paper_flow_against_mlflow_and_prefect_servers(
         "sources.json",
     }
     synth = by_stage["synth"]
-    assert synth.info.run_name == "landcover.ai.v1.zip"
+    assert synth.info.run_name == "synthesize landcover.ai.v1.zip"
     assert synth.data.params["synthetic.scenes"] == "2"
     assert sum(v for k, v in synth.data.metrics.items() if k.startswith("tiles.")) > 0
     # Children live in the parent's experiment, not in the per-stage ones.

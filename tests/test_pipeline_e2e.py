@@ -15,7 +15,7 @@ import mlflow
 import pytest
 import yaml
 
-from pipeline import layout
+from pipeline import layout, tracking
 from pipeline.config import params_from_mapping
 from pipeline.data.store import TileStore
 from pipeline.flows.data import download_flow, tile_flow
@@ -51,7 +51,7 @@ def test_download_and_tile_flows(small_archive: SyntheticArchive, tmp_path: Path
         experiment = client.get_experiment_by_name(f"sop-{stage}")
         assert experiment is not None
         (run,) = client.search_runs([experiment.experiment_id])
-        assert run.info.run_name == "landcoverai"
+        assert run.info.run_name == f"{stage} · landcoverai"
         assert run.info.status == "FINISHED"
     (tile_run,) = client.search_runs([client.get_experiment_by_name("sop-tile").experiment_id])
     assert tile_run.data.metrics["tiles"] == n_tiles
@@ -230,7 +230,12 @@ def _check_downstream(demo: Path, params: dict[str, Any]) -> None:
     } <= logged
     assert any(path.endswith(".png") for path in logged)
     assert parent.data.metrics["results.cells"] == len(cells)
-    runs = {r.info.run_name: r for r in children if r.data.tags.get("sop.stage") == "finetune"}
+    finetunes = [r for r in children if r.data.tags.get("sop.stage") == "finetune"]
+    runs = {
+        f"landcoverai-{r.data.tags['sop.backbone']}-{r.data.tags['sop.init']}-"
+        f"{r.data.tags['sop.fraction']}-s{r.data.tags['sop.seed']}": r
+        for r in finetunes
+    }
     tiles = []
     for cell in cells:
         record = json.loads((layout.cell_dir(demo, cell) / layout.RUN_FILE).read_text())
@@ -249,7 +254,9 @@ def _check_downstream(demo: Path, params: dict[str, Any]) -> None:
         # Evaluate found this run by the weights it evaluated.
         assert run.data.tags["sop.weights_sha256"] == record["weights_sha256"]
         assert (test["init"], test["seed"]) == (record["init"], 0)
-        assert run.data.metrics["test_miou"] == pytest.approx(test["test_miou"])
+        assert float(run.data.tags["summary.test_miou"]) == pytest.approx(test["test_miou"])
+        assert run.info.run_name == tracking.run_label("finetune", cell.identity())
+        assert not {"fraction", "seed"} & {k.rsplit(".", 1)[-1] for k in run.data.metrics}
         history = client.get_metric_history(run.info.run_id, "val_miou")
         assert [m.step for m in history] == [1, 2]
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "evaluation")]
@@ -269,7 +276,7 @@ def _check_downstream(demo: Path, params: dict[str, Any]) -> None:
             name = Path(row["cell"]).name
             assert float(row["test_miou"]) == pytest.approx(dvc_miou[name], abs=1e-9)
             assert float(row["test_miou"]) == pytest.approx(
-                runs[f"landcoverai-{name}"].data.metrics["test_miou"], abs=1e-6
+                float(runs[f"landcoverai-{name}"].data.tags["summary.test_miou"]), abs=1e-6
             )
     assert table[0].startswith("dataset,backbone,init,label_fraction,seed,best_val_miou")
     report = (results / "report.md").read_text()

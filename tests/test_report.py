@@ -3,6 +3,7 @@ metrics' definitions, and each claim judged on constructed results whose verdict
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from pathlib import Path
@@ -18,6 +19,7 @@ from pipeline.errors import DataError
 from pipeline.intervals import TileConfusion, miou, per_image_miou
 from pipeline.report import (
     collect,
+    html_report,
     load_confusions,
     paper_table,
     submission_lines,
@@ -206,6 +208,7 @@ def test_report_files_intervals_definitions_and_the_val_only_note(tmp_path: Path
     assert len(summary) == 11
     assert set(summary["seeds"]) == {1}
     report = out["report"].read_text()
+    assert out["report_html"].read_text().count("data:image/png;base64,") >= 1
     assert report.startswith("# Subimage Overlap Prediction")
     assert (
         "Data: synthetic. 11 grid cells; seeds [0]; test tiles: landcoverai 24, loveda 24."
@@ -282,3 +285,20 @@ def test_a_metrics_file_without_its_cell_identity_is_a_clear_error(tmp_path: Pat
 def test_no_evaluated_cells_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no evaluated cells"):
         collect(tmp_path)
+
+
+def test_the_html_report_inlines_its_images(tmp_path: Path) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + b"plot bytes"
+    (tmp_path / "curves_landcoverai_resnet50.png").write_bytes(png)
+    report = tmp_path / "report.md"
+    report.write_text(
+        "# Title\n\n| init | mIoU |\n|---|---|\n| sop | 0.7 |\n\n"
+        "![curves](curves_landcoverai_resnet50.png)\n\n![gone](missing.png)\n"
+    )
+    page = html_report(report)
+    inlined = "data:image/png;base64," + base64.b64encode(png).decode()
+    assert f'<img src="{inlined}" alt="curves"' in page
+    assert 'src="curves_landcoverai_resnet50.png"' not in page
+    assert '<img src="missing.png"' in page  # nothing to inline: left as it was
+    assert "<td>sop</td>" in page  # tables are rendered, not left as pipes
+    assert "<h1>Title</h1>" in page

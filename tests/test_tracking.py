@@ -48,10 +48,11 @@ def test_stage_run_follows_the_conventions(tmp_path: Path, monkeypatch: pytest.M
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("sop-pretrain")
     assert experiment is not None
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
     assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
     first = client.get_run(parent.info.run_id)
     assert first.info.run_name == "landcoverai-vits14-sop-0.25-s0"
-    assert first.data.params == {"pretrain.subimage_size": "112"}
+    assert first.data.params == {"pretrain.subimage_size": "112", "sop.stage": "pretrain"}
     assert first.data.tags["git.commit"] == commit
     assert first.data.tags["git.dirty"] == "false"
     assert first.data.tags["dvc.stage"] == "tile@landcoverai"
@@ -144,3 +145,94 @@ def test_a_rewritten_dvc_lock_leaves_the_code_clean_and_an_edit_does_not(tmp_pat
     assert tracking.git_state(tmp_path / "demo") == (commit, False)
     (tmp_path / "code.py").write_text("x = 2\n")
     assert tracking.git_state(tmp_path / "demo") == (commit, True)
+
+
+CELL = {
+    "dataset": "landcoverai",
+    "backbone": "resnet50",
+    "init": "sop",
+    "fraction": 0.25,
+    "seed": 0,
+}
+
+
+def test_run_labels_put_the_stage_and_what_differs_first() -> None:
+    assert tracking.run_label("finetune", CELL) == "finetune sop 0.25 s0 · landcoverai resnet50"
+    assert tracking.run_label("evaluate", CELL) == "evaluate sop 0.25 s0 · landcoverai resnet50"
+    assert tracking.run_label("download", {"dataset": "loveda"}) == "download · loveda"
+    assert tracking.run_label("weights", {"backbone": "vits14", "init": "seco"}) == (
+        "weights seco · vits14"
+    )
+    assert tracking.run_label("report") == "report"
+    # The UI's Run Name column shows about 24 characters: the cells of a grid differ there.
+    cells = [
+        {**CELL, "init": init, "fraction": fraction, "seed": seed}
+        for init in ("random", "imagenet", "seco", "sop")
+        for fraction in (0.01, 0.25, 1.0)
+        for seed in (0, 1, 2)
+    ]
+    for stage in ("finetune", "evaluate"):
+        heads = {tracking.run_label(stage, cell).split(" · ")[0] for cell in cells}
+        assert len(heads) == len(cells)
+        assert max(len(head) for head in heads) <= 25  # finetune imagenet 0.01 s0
+        assert all(head.startswith(f"{stage} ") for head in heads)
+
+
+def test_identity_is_params_and_tags_not_metrics(tmp_path: Path) -> None:
+    with tracking.stage_run("finetune", root=tmp_path, params={"a": 1}, identity=CELL) as run:
+        mlflow.log_metric("val_miou", 0.5, step=1)
+    client = mlflow.MlflowClient(tracking.tracking_uri(tmp_path))
+    logged = client.get_run(run.info.run_id)
+    assert logged.info.run_name == "finetune sop 0.25 s0 · landcoverai resnet50"
+    expected = {
+        "sop.stage": "finetune",
+        "sop.dataset": "landcoverai",
+        "sop.backbone": "resnet50",
+        "sop.init": "sop",
+        "sop.fraction": "0.25",
+        "sop.seed": "0",
+    }
+    assert logged.data.params == {"a": "1", **expected}
+    assert expected.items() <= logged.data.tags.items()
+    assert logged.data.metrics == {"val_miou": 0.5}
+    # The documented filter for the fine-tuning runs' curves.
+    found = client.search_runs([logged.info.experiment_id], "tags.sop.stage = 'finetune'")
+    assert [r.info.run_id for r in found] == [run.info.run_id]
+
+
+def test_an_older_experiment_is_marked_a_training_one(tmp_path: Path) -> None:
+    client = tracking.open_client(tracking.tracking_uri(tmp_path))
+    made = client.create_experiment("sop-tile")
+    with tracking.stage_run("tile", root=tmp_path, params={}, identity={"dataset": "x"}):
+        pass
+    experiment = client.get_experiment(made)
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.TRAINING_KIND
+
+
+def test_a_training_summary_is_tags_and_json_not_metrics(tmp_path: Path) -> None:
+    from pipeline.flows.training import log_summary
+
+    metrics = {**CELL, "best_val_miou": 0.61, "best_epoch": 3, "convergence_epoch": None}
+    result = {"seconds": 12.5, "processes": 1, "images_per_second": 40.0, "history": []}
+    with tracking.stage_run("finetune", root=tmp_path, params={}, identity=CELL) as run:
+        log_summary(metrics, result)
+    client = mlflow.MlflowClient(tracking.tracking_uri(tmp_path))
+    logged = client.get_run(run.info.run_id)
+    assert logged.data.metrics == {}
+    tags = logged.data.tags
+    assert (tags["summary.best_val_miou"], tags["summary.best_epoch"]) == ("0.61", "3")
+    assert tags["summary.convergence_epoch"] == "None"
+    assert tags["run.seconds"] == "12.5"
+    assert not {"summary.seed", "summary.fraction"} & set(tags)
+    summary = mlflow.artifacts.load_dict(f"{logged.info.artifact_uri}/summary.json")
+    assert summary["best_val_miou"] == 0.61
+    assert summary["run"] == {"seconds": 12.5, "processes": 1.0, "images_per_second": 40.0}
+
+
+def test_the_ui_url_opens_the_ml_view() -> None:
+    assert tracking.ui_url("http://127.0.0.1:5000") == (
+        "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+    )
+    assert tracking.ui_url("http://h:1/", "3") == (
+        "http://h:1/#/experiments/3/runs?workflowType=machine_learning"
+    )

@@ -66,15 +66,16 @@ def tracked_run(
     stage: str,
     params: Params,
     root: Path,
-    run_name: str,
+    identity: Mapping[str, Any],
     section: Mapping[str, Any],
     tile_index_hash: str | None = None,
 ) -> AbstractContextManager[Any]:
-    """The stage's MLflow run: the params it reads, the resolved file, the project's prefix."""
+    """The stage's MLflow run: named and tagged by its ``identity`` (:func:`tracking.run_label`),
+    the params it reads, the resolved file, the project's prefix."""
     return tracking.stage_run(
         stage,
         root=root,
-        run_name=run_name,
+        identity=identity,
         params=section,
         resolved_params_yaml=params_to_yaml(params),
         tile_index_hash=tile_index_hash,

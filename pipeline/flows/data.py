@@ -153,7 +153,7 @@ def download_flow(dataset: str, params: Params, root: Path) -> Path:
         section["data"]["custom"] = {dataset: data.custom[dataset].model_dump()}
     else:
         section["data"]["sources"] = {dataset: source.model_dump()}
-    with tracked_run("download", params, root, dataset, section) as run:
+    with tracked_run("download", params, root, {"dataset": dataset}, section) as run:
         import mlflow
 
         extracted: list[dict[str, Any]] = []
@@ -233,7 +233,7 @@ def tile_flow(dataset: str, params: Params, root: Path) -> dict[str, Any]:
             "workers": data.workers,
         }
     }
-    with tracked_run("tile", params, root, dataset, section):
+    with tracked_run("tile", params, root, {"dataset": dataset}, section):
         import mlflow
 
         records = [

@@ -200,7 +200,8 @@ def weights_flow(model: str, params: Params, root: Path) -> dict[str, Any]:
     gate = sop_gate(params, root, sop_name, stage) if sop_name and weights_file is None else None
     out = layout.init_path(root, model)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tracked_run("weights", params, root, model, weights_section(params, model)):
+    identity = {"backbone": backbone, "init": init}
+    with tracked_run("weights", params, root, identity, weights_section(params, model)):
         import mlflow
 
         state, source = init_state(
@@ -338,7 +339,7 @@ def finetune_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
     out = layout.cell_dir(root, cell)
     run_name = f"{cell.dataset}-{cell.name}"
     stage = TrainingStage(
-        "finetune", run_name, finetune_section(params, cell), index_sha256,
+        "finetune", cell.identity(), finetune_section(params, cell), index_sha256,
         layout.checkpoint_root(root) / f"finetune-{cell.dataset}-{cell.name}-{key}", out,
         layout.finetune_curve_path(root, cell),
     )  # fmt: skip
@@ -421,7 +422,7 @@ def evaluate_flow(cell: Cell, params: Params, root: Path) -> dict[str, Any]:
         "evaluate",
         params,
         root,
-        run_name,
+        cell.identity(),
         evaluate_section(params, cell),
         record.get("tile_index_sha256"),
     ):
@@ -483,11 +484,13 @@ def _add_to_finetune_run(
     split: str,
     note: str | None,
 ) -> None:
-    """The cell's fine-tuning run gets the test figures too: one run holds the whole cell.
+    """The cell's fine-tuning run gets the test figures too: one run holds the whole cell. They
+    are single values, so tags ``summary.<key>`` and ``evaluation/summary.json`` there: that
+    run's metrics tab keeps its curves.
 
     That run is the newest that wrote the evaluated weights (its ``sop.weights_sha256`` tag).
     """
-    from mlflow.entities import Metric, RunTag
+    from mlflow.entities import RunTag
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -501,12 +504,11 @@ def _add_to_finetune_run(
         print("no MLflow run of the fine-tuning wrote these weights; test figures logged here only")
         return
     run_id = runs[0].info.run_id
-    import time
-
-    now = int(time.time() * 1000)
-    tags = [RunTag("sop.evaluated_on", split)] + (
+    tags = [RunTag(k, v) for k, v in tracking.summary_tags(metrics).items()]
+    tags += [RunTag("sop.evaluated_on", split)] + (
         [RunTag("sop.evaluation_note", note)] if note else []
     )
-    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()], tags=tags)
+    client.log_batch(run_id, tags=tags)
+    client.log_dict(run_id, {**metrics, "split": split}, f"evaluation/{tracking.SUMMARY_FILE}")
     for path in files:
         client.log_artifact(run_id, str(path), artifact_path="evaluation")

@@ -151,6 +151,7 @@ def report_files(root: Path) -> list[Path]:
     results = layout.results_dir(root)
     candidates = [
         results / "report.md",
+        results / "report.html",  # the report as MLflow's artifact viewer renders it
         results / layout.RESULTS_TABLE,
         *sorted(results.glob("*.png")),
         root / layout.PARAMS_FILE,

@@ -40,7 +40,7 @@ def predict_flow(cell: Cell, params: Params, root: Path) -> Path:
         )
     images = loveda_test_images(extracted_folders(root, cell.dataset))
     out = layout.submission_path(root, cell)
-    with tracked_run("predict", params, root, f"{cell.dataset}-{cell.name}",
+    with tracked_run("predict", params, root, cell.identity(),
                      predict_section(params, cell)):  # fmt: skip
         import mlflow
 

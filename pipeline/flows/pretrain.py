@@ -165,8 +165,10 @@ def pretrain_flow(
     section = section_for(params, backbone, image_fraction, dataset)
     key = fingerprint(section, index_sha256)
     out = layout.pretrain_dir(root, name)
+    variant = name.removeprefix(f"{backbone}-")  # 112-0.0, img0.25, loveda
+    identity = {"dataset": dataset, "backbone": backbone, "variant": variant}
     stage = TrainingStage(
-        "pretrain", name, section, index_sha256,
+        "pretrain", identity, section, index_sha256,
         layout.checkpoint_root(root) / f"pretrain-{name}-{key}", out,
         layout.pretrain_curve_path(root, name),
     )  # fmt: skip

@@ -27,7 +27,7 @@ def report_section(params: Params) -> dict[str, Any]:
 def report_flow(params: Params, root: Path) -> dict[str, Path]:
     """Collect every evaluated cell under ``root`` into results/ and log it to MLflow."""
     out = layout.results_dir(root)
-    with tracked_run("report", params, root, "report", report_section(params)):
+    with tracked_run("report", params, root, {}, report_section(params)):
         import mlflow
 
         r = params.report

@@ -26,7 +26,7 @@ def synth_flow(out: Path, params: Params, root: Path) -> Path:
         "synthesize",
         params,
         root,
-        out.name,
+        {"archive": out.name},
         {"synthetic": spec.model_dump(), "data": {"tile_size": tile_size}},
     ):
         import mlflow

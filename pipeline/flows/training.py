@@ -62,11 +62,18 @@ def run_job(job: Any, processes: int, work: Path) -> dict[str, Any]:
 RUN_FACTS = ("seconds", "images_per_second", "peak_memory_mb", "processes")
 
 
-def log_run_facts(result: Mapping[str, Any]) -> None:
-    """A training job's speed, memory and processes, and the step it resumed from, if any."""
+def log_summary(metrics: Mapping[str, Any], result: Mapping[str, Any]) -> None:
+    """The stage's single values, off the metrics tab (which keeps the curves): its metrics as
+    tags ``summary.<key>``, the job's speed, memory and processes as ``run.<key>``, both in the
+    artifact ``summary.json``; and the step it resumed from, if any."""
     import mlflow
 
-    mlflow.log_metrics({f"run.{key}": float(result[key]) for key in RUN_FACTS if key in result})
+    from pipeline import tracking
+    from pipeline.flows.common import json_safe
+
+    facts = {key: float(result[key]) for key in RUN_FACTS if key in result}
+    mlflow.set_tags(tracking.summary_tags(metrics) | tracking.summary_tags(facts, "run."))
+    mlflow.log_dict(json_safe({**metrics, "run": facts}), tracking.SUMMARY_FILE)
     if result.get("resumed_from") is not None:
         mlflow.set_tag("sop.resumed_from_step", str(result["resumed_from"]))
         print(f"resumed from step {result['resumed_from']} (the newest readable checkpoint)")
@@ -87,7 +94,7 @@ class TrainingStage:
     """Where one training stage's run goes: its MLflow run, checkpoints, outputs and curve."""
 
     stage: str  # pretrain or finetune
-    run_name: str
+    identity: dict[str, Any]  # names and tags the MLflow run (tracking.run_label)
     section: dict[str, Any]  # the params the stage reads, as DVC declares them
     index_sha256: str
     checkpoints: Path
@@ -104,13 +111,13 @@ def run_training_stage(
     outputs: Callable[[dict[str, Any]], tuple[dict[str, Any], list[Path]]],
 ) -> dict[str, Any]:
     """The skeleton both training flows share: the folders, the tracked run, the job (here, or
-    as torchrun ranks), the curve, the run's facts, the checkpoints' end. ``job_for(tracking_uri,
+    as torchrun ranks), the curve, the run's summary, the checkpoints' end. ``job_for(tracking_uri,
     run_id)`` builds the job, which carries ``params``; ``outputs(result)`` writes the stage's
     own files and returns its metrics and the files to log as artifacts."""
     stage.checkpoints.mkdir(parents=True, exist_ok=True)
     stage.out.mkdir(parents=True, exist_ok=True)
     with tracked_run(
-        stage.stage, params, root, stage.run_name, stage.section, stage.index_sha256
+        stage.stage, params, root, stage.identity, stage.section, stage.index_sha256
     ) as run:
         import mlflow
 
@@ -120,10 +127,7 @@ def run_training_stage(
         result = run_job(job, processes, stage.checkpoints)
         metrics, artifacts = outputs(result)
         write_curve(stage.curve, result["history"])
-        mlflow.log_metrics(
-            {f"final.{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-        )
-        log_run_facts(result)
+        log_summary(metrics, result)
         for artifact in [*artifacts, stage.curve]:
             mlflow.log_artifact(str(artifact))
     finish_checkpoints(stage.checkpoints, keep=params.compute.keep_checkpoints)
