@@ -145,7 +145,7 @@ plots: install  ## The demo's DVC plots as a page that works offline: demo/dvc_p
 
 clean-demo:  ## Remove everything the demo produced.
 	rm -rf demo/data demo/archive demo/models demo/metrics demo/plots demo/reports demo/mlflow.db demo/mlflow.db.lock \
-		demo/mlartifacts demo/.sop demo/dvc_plots dvc_plots
+		demo/mlartifacts demo/.sop demo/dvc_plots
 
 clean: clean-demo  ## Also remove the virtual environment.
-	rm -rf $(VENV) .sop .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .sop .pytest_cache .mypy_cache .ruff_cache dvc_plots
