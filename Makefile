@@ -31,7 +31,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.sop/dvc-site-cache
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install sync lock test test-fast lint format typecheck demo bench bench-gpu gpu-wheels gpu-check mlflow-ui clean clean-demo help
+.PHONY: install sync lock test test-fast lint format typecheck demo bench bench-gpu gpu-wheels gpu-check mlflow-ui plots clean clean-demo help
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -96,7 +96,7 @@ demo: install  ## Run the pipeline on the embedded synthetic data (CPU, minutes)
 	@echo "Fine-tuned:   demo/models/finetune/landcoverai/<model>-<fraction>-s<seed>/best.safetensors"
 	@echo "Test results: demo/metrics/evaluate/..., confusion matrices in demo/reports/confusion/"
 	@echo "Report:       demo/results/report.md (table, claims, plots), demo/results/results.csv (intervals)"
-	@echo "Curves:       demo/plots/{pretrain,finetune}/...csv   (cd demo && dvc plots show)"
+	@echo "Curves:       demo/plots/{pretrain,finetune}/...csv   (make plots: demo/dvc_plots/index.html, offline)"
 	@echo "MLflow UI:    make mlflow-ui   (or: sop mlflow-ui --params demo/params.yaml); the run"
 	@echo "              'repro-<time>' in experiment sop-demo holds every stage's run and the report"
 	@echo; echo "Pretext (compare val_iou and val_box_iou with baseline_iou):"
@@ -140,9 +140,12 @@ gpu-check:  ## On the GPU machine (its python3, the wheels of gpu-wheels): CUDA 
 mlflow-ui: install  ## Serve the demo's MLflow runs on http://127.0.0.1:5000.
 	$(BIN)/sop mlflow-ui --params demo/params.yaml
 
+plots: install  ## The demo's DVC plots as a page that works offline: demo/dvc_plots/index.html.
+	$(BIN)/sop plots --params demo/params.yaml
+
 clean-demo:  ## Remove everything the demo produced.
 	rm -rf demo/data demo/archive demo/models demo/metrics demo/plots demo/reports demo/mlflow.db demo/mlflow.db.lock \
-		demo/mlartifacts demo/.sop
+		demo/mlartifacts demo/.sop demo/dvc_plots
 
 clean: clean-demo  ## Also remove the virtual environment.
-	rm -rf $(VENV) .sop .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .sop .pytest_cache .mypy_cache .ruff_cache dvc_plots

@@ -311,8 +311,8 @@ def stages(
         bool, typer.Option("--check", help="Write nothing; exit 1 when a file would change.")
     ] = False,
 ) -> None:
-    """Derive the pipeline definition: dvc.yaml's code deps from each stage's imports, and
-    demo/dvc.yaml from dvc.yaml."""
+    """Derive the pipeline definition: dvc.yaml's code deps from each stage's imports,
+    demo/dvc.yaml from dvc.yaml, and the plots' templates in both .dvc/plots/."""
     from pipeline import definition
 
     root = project.resolve()
@@ -322,10 +322,46 @@ def stages(
             typer.echo(f"{path}: not what `sop stages` derives; run it and commit the result")
         if stale:
             raise typer.Exit(1)
-        typer.echo("dvc.yaml and demo/dvc.yaml are as derived")
+        typer.echo("dvc.yaml, demo/dvc.yaml and their plot templates are as derived")
         return
     written = definition.write(root)
     typer.echo("\n".join(f"wrote {path}" for path in written) or "nothing to change")
+
+
+@app.command("plots")
+@one_line_errors
+def plots_page(
+    params_file: ParamsOption = Path("params.yaml"),
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="The page's folder (default: dvc_plots/).")
+    ] = None,
+) -> None:
+    """`dvc plots show` as a page that works offline: Vega inlined, nothing from a CDN."""
+    from pipeline import views
+
+    root = params_file.resolve().parent
+    apply_env_defaults(root)
+    typer.echo(views.show(root, out).as_uri())
+
+
+@app.command("metrics")
+@one_line_errors
+def metrics_view(
+    stage: Annotated[str, typer.Argument(help="pretrain, finetune or evaluate.")] = "evaluate",
+    params_file: ParamsOption = Path("params.yaml"),
+    keys: Annotated[
+        str | None, typer.Option("--keys", "-k", help="Comma-separated keys (default: headlines).")
+    ] = None,
+    precision: Annotated[int, typer.Option(help="Digits after the point.")] = 3,
+) -> None:
+    """A stage's DVC metrics, narrow: a row per file, its headline figures only."""
+    from pipeline import views
+
+    if stage not in views.HEADLINES:
+        raise ParamsError(f"stage: {stage!r} is none of {', '.join(views.HEADLINES)}")
+    chosen = keys.split(",") if keys else views.HEADLINES[stage]
+    folder = params_file.resolve().parent / "metrics" / stage
+    typer.echo(views.metrics_table(folder, chosen, precision))
 
 
 @app.command()

@@ -6,8 +6,9 @@ on its entry (``stages/<name>.py``) and on every package module that entry runs
 stage stale; the predict stage (LoveDA's test-server submissions) is there exactly when the
 profile's grid has LoveDA cells (``finetune.datasets`` holds loveda). demo/dvc.yaml is
 dvc.yaml seen from demo/ with a synth stage first, whose archive the download stage reads.
-Edited as text, so that dvc.yaml's comments stay. ``sop stages`` writes both; ``--check``
-only compares.
+Edited as text, so that dvc.yaml's comments stay. The Vega-Lite templates its plots name go to
+``.dvc/plots/`` of both projects (:mod:`pipeline.views`). ``sop stages`` writes them all;
+``--check`` only compares.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import layout
+from pipeline import layout, views
 from pipeline.config import Params, load_params
 from pipeline.imports import closure
 
@@ -146,6 +147,8 @@ def expected_files(root: Path) -> dict[Path, str]:
     return {
         root / layout.DVC_FILE: paper,
         root / DEMO_DIR / layout.DVC_FILE: demo_definition(paper, root),
+        **views.template_files(root),
+        **views.template_files(root / DEMO_DIR),
     }
 
 
@@ -162,5 +165,6 @@ def write(root: Path) -> list[Path]:
     """Write the files that differ; return them."""
     changed = differences(root)
     for difference in changed:
+        difference.path.parent.mkdir(parents=True, exist_ok=True)
         difference.path.write_text(difference.expected)
     return [difference.path for difference in changed]
