@@ -492,7 +492,7 @@ def test_a_failing_stages_error_is_in_the_paper_runs_log(
     message = str(raised.value)
     assert "\n" not in message
     assert re.search(r"exited with \d+ in .*: download@landcoverai: .*md5", message), message
-    stage_line = message.split(": ", 2)[-1]
+    stage_line = message[message.index("download@landcoverai: ") :]
     runs = [r for r in flow_runs(prefect_api) if r["flow"] == "paper"]
     failed = [r for r in runs if r["state_type"] == "FAILED"]
     assert failed, runs
