@@ -31,7 +31,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.sop/dvc-site-cache
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install sync lock test test-fast lint format typecheck demo bench bench-gpu gpu-wheels gpu-check mlflow-ui plots clean clean-demo help
+.PHONY: install sync lock test test-fast lint format typecheck demo bench bench-gpu gpu-wheels gpu-check mlflow-ui prefect-ui plots clean clean-demo help
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -99,6 +99,8 @@ demo: install  ## Run the pipeline on the embedded synthetic data (CPU, minutes)
 	@echo "Curves:       demo/plots/{pretrain,finetune}/...csv   (make plots: demo/dvc_plots/index.html, offline)"
 	@echo "MLflow UI:    make mlflow-ui   (or: sop mlflow-ui --params demo/params.yaml); the run"
 	@echo "              'repro-<time>' in experiment sop-demo holds every stage's run and the report"
+	@echo "Prefect UI:   make prefect-ui  (or: sop prefect-ui --params demo/params.yaml); the flow"
+	@echo "              run 'repro-<time>' of flow paper lists every stage's flow run as a subflow"
 	@echo; echo "Pretext (compare val_iou and val_box_iou with baseline_iou):"
 	@cd demo && dvc metrics show metrics/pretrain
 	@echo; echo "Did each backbone learn more than the position prior?"
@@ -142,6 +144,9 @@ mlflow-ui: install  ## Serve the demo's MLflow runs on http://127.0.0.1:5000.
 
 plots: install  ## The demo's DVC plots as a page that works offline: demo/dvc_plots/index.html.
 	$(BIN)/sop plots --params demo/params.yaml
+
+prefect-ui: install  ## Serve the demo's Prefect flow runs on http://127.0.0.1:4200.
+	$(BIN)/sop prefect-ui --params demo/params.yaml
 
 clean-demo:  ## Remove everything the demo produced.
 	rm -rf demo/data demo/archive demo/models demo/metrics demo/plots demo/reports demo/mlflow.db demo/mlflow.db.lock \

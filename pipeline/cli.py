@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -432,6 +431,9 @@ def repro(
         )
     root = params_file.resolve().parent
     apply_env_defaults(root)
+    from pipeline.servers import terminate_as_interrupt
+
+    terminate_as_interrupt()
     from pipeline.flows.paper import paper_flow, project_dir
     from pipeline.stagehost import stage_host
     from pipeline.tracking import tracking_uri
@@ -573,24 +575,32 @@ def export(
     typer.echo(f"wrote {written.hf_dir} (the hub layout and model card; nothing uploaded)")
 
 
+PortOption = Annotated[
+    int, typer.Option(help="Port on the chosen host; one in use is an error, not a retry.")
+]
+HostOption = Annotated[
+    str,
+    typer.Option(
+        help="Interface to bind. Anything but 127.0.0.1 exposes every run to the network, "
+        "unauthenticated."
+    ),
+]
+
+
 @app.command("mlflow-ui")
 @one_line_errors
 def mlflow_ui(
     params_file: ParamsOption = Path("params.yaml"),
-    port: Annotated[int, typer.Option(help="Port on the chosen host.")] = 5000,
-    host: Annotated[
-        str,
-        typer.Option(
-            help="Interface to bind. Anything but 127.0.0.1 exposes every run to the "
-            "network, unauthenticated."
-        ),
-    ] = "127.0.0.1",
+    port: PortOption = 5000,
+    host: HostOption = "127.0.0.1",
 ) -> None:
-    """Serve the MLflow UI over this pipeline's runs (127.0.0.1 unless --host says otherwise)."""
-    from pipeline import tracking
+    """Serve the MLflow UI over this pipeline's runs (127.0.0.1 unless --host says otherwise).
+    Ctrl-C or SIGTERM stops the server and its workers."""
+    from pipeline import servers, tracking
 
     root = params_file.resolve().parent
     apply_env_defaults(root)
+    servers.check_port(host, port)
     command = [
         sys.executable,
         "-m",
@@ -607,8 +617,41 @@ def mlflow_ui(
     if location is not None:
         command += ["--default-artifact-root", location]
     # MLflow 3.17's UI opens experiments in its GenAI view unless the URL asks for the ML one.
-    typer.echo(f"MLflow UI on {tracking.ui_url(f'http://{host}:{port}')} (Ctrl-C to stop)")
-    raise typer.Exit(subprocess.call(command, env=os.environ.copy()))
+    announce = f"MLflow UI on {tracking.ui_url(f'http://{host}:{port}')} (Ctrl-C to stop)"
+    raise typer.Exit(servers.serve(command, os.environ.copy(), announce))
+
+
+@app.command("prefect-ui")
+@one_line_errors
+def prefect_ui(
+    params_file: ParamsOption = Path("params.yaml"),
+    port: PortOption = 4200,
+    host: HostOption = "127.0.0.1",
+) -> None:
+    """Serve the Prefect UI over this pipeline's flow runs (the history `sop repro` leaves in
+    .sop/prefect once its temporary server stopped), on 127.0.0.1 unless --host says otherwise.
+    Ctrl-C or SIGTERM stops the server and its workers."""
+    from pipeline import servers
+
+    root = params_file.resolve().parent
+    apply_env_defaults(root)
+    servers.check_port(host, port)
+    env = os.environ.copy()
+    # This server is the API: a URL of another one would only confuse its UI.
+    env.pop("PREFECT_API_URL", None)
+    command = [
+        str(Path(sys.executable).parent / "prefect"),
+        "server",
+        "start",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    announce = (
+        f"Prefect UI on http://{host}:{port}, history in {env['PREFECT_HOME']} (Ctrl-C to stop)"
+    )
+    raise typer.Exit(servers.serve(command, env, announce))
 
 
 if __name__ == "__main__":

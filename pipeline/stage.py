@@ -42,9 +42,29 @@ def one_line_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def _recording_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Hand a failing stage's one-line error to the ``paper`` run above it (if any)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        import click
+
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not isinstance(exc, click.exceptions.Exit):
+                from pipeline.flows.links import record_stage_error
+
+                record_stage_error(exc)
+            raise
+
+    return wrapper
+
+
 def stage_main(fn: Callable[..., Any]) -> None:
     """Entry of a ``stages/*.py`` module: typer parsing plus one-line errors. Under ``sop
-    repro`` the stage runs in the warm stage host (``pipeline.stagehost``) when one is up."""
+    repro`` the stage runs in the warm stage host (``pipeline.stagehost``) when one is up, and
+    its flow run is a subflow of the repro's ``paper`` run (:mod:`pipeline.flows.links`)."""
     from pipeline.stagehost import run_in_host
     from pipeline.timing import record_if_asked
 
@@ -54,8 +74,13 @@ def stage_main(fn: Callable[..., Any]) -> None:
     record_if_asked()
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+    from pipeline.flows.links import under_parent_flow_run
+
     # No flow-run heartbeats in a stage: its run ends with its process, a crash fails its DVC
     # command and the `paper` flow around it (which keeps its heartbeat), and stopping the
     # heartbeat thread would delay every stage's exit.
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        typer.run(one_line_errors(fn))
+    with (
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        under_parent_flow_run(),
+    ):
+        typer.run(one_line_errors(_recording_errors(fn)))

@@ -18,11 +18,11 @@ STAGE_COMMANDS = ["download", "tile", "pretrain"]
 def test_help_lists_the_stage_commands() -> None:
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in [*STAGE_COMMANDS, "params", "synth", "mlflow-ui"]:
+    for command in [*STAGE_COMMANDS, "params", "synth", "mlflow-ui", "prefect-ui"]:
         assert command in result.output
 
 
-@pytest.mark.parametrize("command", [*STAGE_COMMANDS, "params", "synth", "mlflow-ui"])
+@pytest.mark.parametrize("command", [*STAGE_COMMANDS, "params", "synth", "mlflow-ui", "prefect-ui"])
 def test_every_command_has_help(command: str) -> None:
     result = CliRunner().invoke(app, [command, "--help"])
     assert result.exit_code == 0, result.output

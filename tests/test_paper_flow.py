@@ -309,21 +309,22 @@ def test_dvc_remotes_of_a_project(tmp_path: Path) -> None:
         paper.dvc_remotes(tmp_path)
 
 
+def prefect_call(api: str, path: str, body: bytes | None = None) -> Any:
+    """GET (or POST ``body`` to) the Prefect API's ``path``; the decoded JSON."""
+    request = urllib.request.Request(
+        f"{api}{path}",
+        data=body,
+        method="POST" if body is not None else "GET",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
 def flow_runs(api: str) -> list[dict[str, Any]]:
     """Every flow run on the server, each with its flow's name under ``flow``."""
-
-    def call(path: str, body: bytes | None = None) -> Any:
-        request = urllib.request.Request(
-            f"{api}{path}",
-            data=body,
-            method="POST" if body is not None else "GET",
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)
-
-    runs: list[dict[str, Any]] = call("/flow_runs/filter", b"{}")
-    names = {r["flow_id"]: call(f"/flows/{r['flow_id']}")["name"] for r in runs}
+    runs: list[dict[str, Any]] = prefect_call(api, "/flow_runs/filter", b"{}")
+    names = {r["flow_id"]: prefect_call(api, f"/flows/{r['flow_id']}")["name"] for r in runs}
     return [{**r, "flow": names[r["flow_id"]]} for r in runs]
 
 
@@ -407,9 +408,19 @@ def test_paper_flow_against_mlflow_and_prefect_servers(
     assert states[("synthesize", "synthesize-landcover.ai.v1.zip")] == "COMPLETED"
     assert states[("download", "download-landcoverai")] == "COMPLETED"
     assert [s for (flow, _), s in states.items() if flow == "paper"] == ["COMPLETED"]
-    assert parent.data.tags["prefect.flow_run_id"] in {
-        r["id"] for r in flow_runs(prefect_api) if r["flow"] == "paper"
-    }
+    runs = flow_runs(prefect_api)
+    (paper_run,) = [r for r in runs if r["flow"] == "paper"]
+    assert parent.data.tags["prefect.flow_run_id"] == paper_run["id"]
+    # Named as the MLflow parent run; every stage's flow run is its subflow run, and tagged so.
+    assert paper_run["name"] == parent.info.run_name
+    stage_runs = [r for r in runs if r["flow"] != "paper"]
+    assert sorted(r["flow"] for r in stage_runs) == ["download", "synthesize"]
+    for run in stage_runs:
+        assert run["parent_task_run_id"] is not None, run["name"]
+        tracking_task = prefect_call(prefect_api, f"/task_runs/{run['parent_task_run_id']}")
+        assert tracking_task["flow_run_id"] == paper_run["id"]
+        assert tracking_task["state"]["state_details"]["child_flow_run_id"] == run["id"]
+        assert parent.info.run_name in run["tags"]
 
 
 @pytest.mark.slow
@@ -435,8 +446,8 @@ def test_failed_repro_is_one_line_and_fails_the_parent(
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr
     assert re.fullmatch(
-        rf"error: `dvc repro no-such-stage` exited with \d+ in {re.escape(str(demo))}; "
-        "its error is above",
+        rf"error: `dvc repro no-such-stage` exited with \d+ in {re.escape(str(demo))}: "
+        "its error is in its output above",
         errors[0],
     )
     assert "Traceback" not in result.stderr
@@ -449,6 +460,46 @@ def test_failed_repro_is_one_line_and_fails_the_parent(
     assert parent.info.status == "FAILED"
     assert parent.data.tags["sop.stage"] == "grid"
     assert not (demo / "archive").exists()
+
+
+@pytest.mark.slow
+def test_a_failing_stages_error_is_in_the_paper_runs_log(
+    mlflow_tracking_server: str,
+    prefect_api: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stage's own one-line error, not only DVC's exit code: in the paper run's error
+    and in its log on the server (DVC's output reaches the terminal only)."""
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    demo = demo_checkout(tmp_path / "checkout")
+    params = yaml.safe_load((demo / "params.yaml").read_text())
+    source = params["data"]["sources"]["landcoverai"]
+    source.pop("md5_file")
+    source["md5"] = "0" * 32  # not the archive's: the download stage stops on it
+    (demo / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_tracking_server)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with (
+        temporary_settings(updates={PREFECT_API_URL: prefect_api}),
+        pytest.raises(PipelineError) as raised,
+    ):
+        paper.paper_flow(str(demo), TARGETS)
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+        APILogWorker.drain_all(timeout=10)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert re.search(r"exited with \d+ in .*: download@landcoverai: .*md5", message), message
+    stage_line = message[message.index("download@landcoverai: ") :]
+    runs = [r for r in flow_runs(prefect_api) if r["flow"] == "paper"]
+    failed = [r for r in runs if r["state_type"] == "FAILED"]
+    assert failed, runs
+    body = json.dumps({"logs": {"flow_run_id": {"any_": [failed[-1]["id"]]}}}).encode()
+    logged = [entry["message"] for entry in prefect_call(prefect_api, "/logs/filter", body)]
+    assert f"stage failed: {stage_line}" in logged, logged
+    assert not list(layout.state_dir(demo).glob("stage-errors-*"))
 
 
 def prefect(cwd: Path, env: dict[str, str], *args: str, timeout: float = 180) -> str:

@@ -14,8 +14,8 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,11 @@ from pipeline.errors import PipelineError
 from pipeline.flows.common import api_for_subprocesses
 from pipeline.flows.grid import run_data_stages, run_grid, split_stages, stage_graph
 from pipeline.flows.gridstage import CHECKOUT_ENV, dvc_env, forget_locked
+from pipeline.flows.links import (
+    PARENT_FLOW_RUN_ENV,
+    STAGE_ERRORS_ENV,
+    recorded_errors,
+)
 from pipeline.stagehost import HOST_ENV, stage_host
 
 DEFAULT_CHECKOUT = "/work"  # where the Dockerfile's image expects the project
@@ -50,14 +55,28 @@ def project_dir(project: str | Path) -> Path:
 
 
 def run_dvc(root: Path, *args: str) -> None:
-    """``dvc ARGS`` in ``root``, its output streamed through; a failure raises one line."""
+    """``dvc ARGS`` in ``root``, its output streamed through; a failure raises one line, with
+    the one-line errors of the stages that failed (:mod:`pipeline.flows.links`)."""
     shown = " ".join(["dvc", *args])
     print(f"{root}$ {shown}", flush=True)
-    code = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=root, env=dvc_env(), check=False
-    ).returncode
+    errors = layout.state_dir(root) / f"stage-errors-{os.getpid()}.txt"
+    errors.parent.mkdir(parents=True, exist_ok=True)
+    errors.unlink(missing_ok=True)
+    try:
+        code = subprocess.run(
+            [sys.executable, "-m", "dvc", *args],
+            cwd=root,
+            env=dvc_env({STAGE_ERRORS_ENV: str(errors)}),
+            check=False,
+        ).returncode
+        failed = recorded_errors(errors)
+    finally:
+        errors.unlink(missing_ok=True)
     if code != 0:
-        raise PipelineError(f"`{shown}` exited with {code} in {root}; its error is above")
+        for line in failed:
+            print(f"stage failed: {line}", flush=True)
+        detail = "; ".join(failed) if failed else "its error is in its output above"
+        raise PipelineError(f"`{shown}` exited with {code} in {root}: {detail}")
 
 
 def grid_on_pool(
@@ -188,14 +207,38 @@ def use_checkout(variable: str = CHECKOUT_ENV, default: str = DEFAULT_CHECKOUT) 
     return {"directory": str(directory.resolve())}
 
 
-def _flow_run_id() -> str | None:
+def _flow_run() -> tuple[str | None, str | None]:
+    """This flow run's id, and its name when :func:`repro_run_name` made it (None outside a
+    flow run; a deployment's run, which the engine renames, too)."""
     from prefect.runtime import flow_run
 
-    run_id = flow_run.id
-    return str(run_id) if run_id else None
+    run_id, name = flow_run.id, flow_run.name
+    if not run_id:
+        return None, None
+    return str(run_id), (str(name) if name and str(name).startswith("repro-") else None)
 
 
-@flow(name="paper", log_prints=True)
+def repro_run_name() -> str:
+    """``repro-<UTC time>``: the paper run's name in Prefect and in MLflow alike."""
+    return f"repro-{tracking.utc_stamp()}"
+
+
+@contextmanager
+def exported(variable: str, value: str | None) -> Iterator[None]:
+    """``variable`` set to ``value`` (when not None) meanwhile, as it was afterwards."""
+    previous = os.environ.get(variable)
+    if value is not None:
+        os.environ[variable] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = previous
+
+
+@flow(name="paper", flow_run_name=repro_run_name, log_prints=True)
 def paper_flow(
     project: str = ".",
     targets: list[str] | None = None,
@@ -224,16 +267,17 @@ def paper_flow(
     """
     root = project_dir(project)
     apply_env_defaults(root)
-    params = load_params(root / layout.PARAMS_FILE)
+    prefix = load_params(root / layout.PARAMS_FILE).tracking.experiment_prefix
     chosen: Sequence[str] = list(targets or [])
     uri = tracking.tracking_uri(root)
     import mlflow
 
+    prefect_run, name = _flow_run()
     with (
-        tracking.parent_run(
-            root, targets=chosen, experiment_prefix=params.tracking.experiment_prefix
-        ) as run,
+        tracking.parent_run(root, targets=chosen, experiment_prefix=prefix, run_name=name) as run,
         api_for_subprocesses(),
+        # The stage processes' flow runs become this run's subflow runs.
+        exported(PARENT_FLOW_RUN_ENV, prefect_run),
         # One started before this flow (``sop repro``) serves it.
         stage_host(layout.state_dir(root), mlflow_uri=uri)
         if warm and not os.environ.get(HOST_ENV)
@@ -241,7 +285,6 @@ def paper_flow(
     ):
         run_id = run.info.run_id
         client = mlflow.MlflowClient(uri)
-        prefect_run = _flow_run_id()
         if prefect_run:
             client.set_tag(run_id, "prefect.flow_run_id", prefect_run)
         print(f"MLflow parent run {run_id} ({run.info.run_name}) at {uri}")
