@@ -610,7 +610,8 @@ def test_paper_deployment_runs_on_a_gpu_pool_worker(prefect_api: str, tmp_path: 
         timeout=300,
     )
     assert "Executing deployment step: use_checkout" in worker_output
-    assert "Beginning flow run 'download-landcoverai'" in worker_output  # DVC's stage process
+    # DVC's stage process, its flow run a subflow run of the deployment's paper run
+    assert "Beginning subflow run 'download-landcoverai'" in worker_output
     assert "Starting temporary server" not in worker_output
 
     with (
