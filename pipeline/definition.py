@@ -1,11 +1,13 @@
 """One pipeline definition: dvc.yaml's code deps from the import graph, the demo's derived.
 
-dvc.yaml is written by hand except for its code deps and its predict stage: each stage depends
-on its entry (``stages/<name>.py``) and on every package module that entry runs
-(:func:`pipeline.imports.closure`), so a change to any of them, and to nothing else, makes the
-stage stale; the predict stage (LoveDA's test-server submissions) is there exactly when the
-profile's grid has LoveDA cells (``finetune.datasets`` holds loveda). demo/dvc.yaml is
-dvc.yaml seen from demo/ with a synth stage first, whose archive the download stage reads.
+dvc.yaml is written by hand except for its code deps, its predict stage and its charts of
+fine-tuning curves: each stage depends on its entry (``stages/<name>.py``) and on every package
+module that entry runs (:func:`pipeline.imports.closure`), so a change to any of them, and to
+nothing else, makes the stage stale; the predict stage (LoveDA's test-server submissions) is
+there exactly when the profile's grid has LoveDA cells (``finetune.datasets`` holds loveda); the
+charts of fine-tuning curves list the grid's cells (DVC's top-level plots take files, not
+folders). demo/dvc.yaml is dvc.yaml seen from demo/ with a synth stage first, whose archive the
+download stage reads.
 Edited as text, so that dvc.yaml's comments stay. The Vega-Lite templates its plots name go to
 ``.dvc/plots/`` of both projects (:mod:`pipeline.views`). ``sop stages`` writes them all;
 ``--check`` only compares.
@@ -13,6 +15,7 @@ Edited as text, so that dvc.yaml's comments stay. The Vega-Lite templates its pl
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +73,12 @@ PREDICT_STAGE = """  predict:
 
 """.replace("<item>", ITEM).replace("<cell>", CELL_NAME)
 PREDICT_BLOCK = re.compile(r"(?m)^  predict:\n(?:(?:    .*|)\n)*")
+# The fine-tuning curves, a chart per dataset and backbone; the last block of the file.
+CURVES_HEADER = (
+    "  # The fine-tuning curves: a chart per dataset and backbone, a line per cell (colour =\n"
+    "  # init, dash = label fraction). Written by `sop stages` from the grid's cells.\n"
+)
+CURVES_BLOCK = re.compile(r"(?ms)^  # The fine-tuning curves: .*\Z")
 STAGE_CMD = re.compile(r"^\s*cmd: python (?:\.\./)?stages/(\w+)\.py\b")
 CODE_DEP = re.compile(r"^(\s*)- (?:\.\./)?(?:stages|pipeline)/\S+\.py\s*$")
 
@@ -124,10 +133,35 @@ def with_predict_stage(text: str, params: Params) -> str:
     return text.replace("\n  report:\n", "\n" + PREDICT_STAGE + "  report:\n", 1)
 
 
+def curve_plots(params: Params) -> str:
+    """The top-level plots of :data:`CURVES_HEADER` for ``params``' grid."""
+    grid = params.finetune
+    charts: dict[tuple[str, str], list[str]] = {}
+    for dataset, model in itertools.product(grid.datasets, grid.models):
+        files = charts.setdefault((dataset, model.partition("-")[0]), [])
+        for fraction, seed in itertools.product(params.data.label_fractions, grid.seeds):
+            name = f"{model}-{float(fraction)}-s{seed}"
+            files.append(f"        plots/finetune/{dataset}/{name}.csv: val_miou\n")
+    blocks = [
+        f"  - val_miou, {dataset} {backbone}:\n      template: sop_curves_by_init\n"
+        f"      title: val_miou, {dataset} {backbone} (colour = init, dash = label fraction)\n"
+        "      x: epoch\n      y_label: val_miou\n      y:\n" + "".join(files)
+        for (dataset, backbone), files in charts.items()
+    ]
+    return CURVES_HEADER + "".join(blocks)
+
+
+def with_curve_plots(text: str, params: Params) -> str:
+    """``text`` (a dvc.yaml) ending with :func:`curve_plots` of ``params``."""
+    body = CURVES_BLOCK.sub("", text).rstrip("\n") + "\n"
+    return body + curve_plots(params)
+
+
 def demo_definition(text: str, root: Path) -> str:
     """demo/dvc.yaml from dvc.yaml's ``text``: seen from demo/, with the synth stage first."""
     body = text[text.index("stages:\n") :]
-    body = with_predict_stage(body, profile_params(root / DEMO_DIR / layout.PARAMS_FILE))
+    demo_params = profile_params(root / DEMO_DIR / layout.PARAMS_FILE)
+    body = with_curve_plots(with_predict_stage(body, demo_params), demo_params)
     body = body.replace("stages:\n", "stages:\n" + SYNTH_STAGE, 1)
     body = with_code_deps(body, root)
     body = re.sub(r"(?m)^(\s*(?:- |cmd: python ))(stages|pipeline)/", r"\1../\2/", body)
@@ -142,7 +176,8 @@ def demo_definition(text: str, root: Path) -> str:
 def expected_files(root: Path) -> dict[Path, str]:
     """What dvc.yaml and demo/dvc.yaml should hold."""
     paper = (root / layout.DVC_FILE).read_text()
-    paper = with_predict_stage(paper, profile_params(root / layout.PARAMS_FILE))
+    params = profile_params(root / layout.PARAMS_FILE)
+    paper = with_curve_plots(with_predict_stage(paper, params), params)
     paper = with_code_deps(paper, root)
     return {
         root / layout.DVC_FILE: paper,

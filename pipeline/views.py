@@ -7,7 +7,8 @@ package of the lock), and leaves out DVC's ``{scripts}`` placeholder, where DVC 
 tags. The templates (``sop stages`` writes them to ``.dvc/plots/``, where DVC looks a plot's
 ``template`` up) put every IoU on one 0..1 axis and every label fraction on one 0..1 axis with a
 margin, so charts compare at a glance and a point at fraction 1.0 is whole; the results chart
-colours cells by init. Charts draw as SVG, so their titles and axes are text a browser test reads.
+colours cells by init, and so does a dataset and backbone's chart of fine-tuning curves. Charts
+draw as SVG, so their titles and axes are text a browser test reads.
 
 ``dvc metrics show`` puts every key of every file in one row (900 characters for the demo's
 evaluate cells, per-class IoUs included); :func:`metrics_table` shows a stage's few headline
@@ -89,7 +90,24 @@ def templates() -> dict[str, dict[str, Any]]:
     by_init["encoding"]["color"] = {"field": "init", "type": "nominal", "title": "init"}
     by_init["encoding"]["shape"] = {"field": "backbone", "type": "nominal", "title": "backbone"}
     by_init["encoding"]["tooltip"] += [{"field": "init"}, {"field": "backbone"}, {"field": "seed"}]
-    return {"sop_curve": curve, "sop_by_init": by_init}
+    return {"sop_curve": curve, "sop_by_init": by_init, "sop_curves_by_init": curves_by_init()}
+
+
+def curves_by_init() -> dict[str, Any]:
+    """Many cells' curves in one chart: DVC names each row's file (``<backbone>-<init>-
+    <fraction>-s<seed>.csv``, the cell's name), from which init and fraction are read."""
+    chart = _base({"type": "line", "point": False}, {"zero": True, "nice": True})
+    parts = "split(replace(datum.filename, '.csv', ''), '-')"
+    chart["transform"] = [
+        {"calculate": f"join(slice({parts}, 1, -2), '-')", "as": "init"},
+        {"calculate": f"{parts}[length({parts}) - 2]", "as": "label fraction"},
+    ]
+    encoding = chart["encoding"]
+    encoding["color"] = {"field": "init", "type": "nominal", "title": "init"}
+    encoding["strokeDash"] = {"field": "label fraction", "type": "nominal"}
+    encoding["detail"] = {"field": "filename", "type": "nominal"}  # a line per cell
+    encoding["tooltip"] = [{"field": "filename", "title": "cell"}, *encoding["tooltip"]]
+    return chart
 
 
 def template_files(root: Path) -> dict[Path, str]:

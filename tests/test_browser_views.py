@@ -37,8 +37,9 @@ def demo_project(folder: Path) -> Path:
     rows = ["dataset,backbone,init,label_fraction,seed,best_val_miou,epoch_to_threshold,test_miou"]
     for model, fraction in itertools.product(MODELS, FRACTIONS):
         backbone, init = model.split("-")
+        lift = 0.1 if init == "sop" else 0.0
         points = "".join(
-            f"{e},{1 / (e + 1):.3f},{0.2 + 0.1 * e * fraction:.3f}\n" for e in range(4)
+            f"{e},{1 / (e + 1):.3f},{0.2 + lift + 0.1 * e * fraction:.3f}\n" for e in range(4)
         )
         (curves / f"{model}-{fraction}-s0.csv").write_text("epoch,train_loss,val_miou\n" + points)
         test = 0.3 + 0.4 * fraction + (0.05 if init == "sop" else 0.0)
@@ -83,8 +84,12 @@ def test_dvc_plots_render_offline(tmp_path: Path) -> None:
     texts = re.findall(r"<text[^>]*>([^<]*)</text>", page.dom)  # the charts' SVG text
     assert "test mIoU by label fraction (colour = init, shape = backbone)" in texts
     assert "val_miou, landcoverai resnet_demo-sop 0.25 s0" in texts
-    assert texts.count("val_miou") == len(MODELS) * len(FRACTIONS)  # each curve's y axis
-    assert {"random", "sop"} <= set(texts)  # the legend: colour by init
+    # A chart per cell, and one per backbone with its cells' curves coloured by init
+    assert texts.count("val_miou") == len(MODELS) * len(FRACTIONS) + 2  # each chart's y axis
+    for backbone in ("resnet_demo", "vit_tiny_demo"):
+        assert f"val_miou, landcoverai {backbone} (colour = init, dash = label fraction)" in texts
+    assert texts.count("init") == 3  # the legends' titles: colour by init
+    assert {"random", "sop"} <= set(texts)
     assert "1.0" in texts  # the fraction axis runs past 1.0 (to 1.05, a tick it does not label)
     assert "1.05" not in texts
 

@@ -51,3 +51,34 @@ def test_the_metrics_table_is_narrow_and_aligned(tmp_path: Path) -> None:
 def test_no_metrics_files_is_one_line_naming_the_folder(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="no metrics files"):
         views.metrics_table(tmp_path, ["test_miou"])
+
+
+@pytest.mark.parametrize("profile", ["", "demo"])
+def test_each_fine_tuning_cell_is_drawn_once_in_its_dataset_and_backbones_chart(
+    profile: str,
+) -> None:
+    import yaml
+
+    folder = REPO / profile
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    grid = params["finetune"]
+    expected = {
+        f"plots/finetune/{dataset}/{model}-{float(fraction)}-s{seed}.csv"
+        for dataset in grid["datasets"]
+        for model in grid["models"]
+        for fraction in params["data"]["label_fractions"]
+        for seed in grid["seeds"]
+    }
+    charts = [
+        (name, spec)
+        for entry in yaml.safe_load((folder / "dvc.yaml").read_text())["plots"]
+        for name, spec in entry.items()
+        if spec.get("template") == "sop_curves_by_init"
+    ]
+    drawn = [path for _, spec in charts for path in spec["y"]]
+    assert sorted(drawn) == sorted(expected)  # every cell, and each once
+    for name, spec in charts:
+        dataset, backbone = name.removeprefix("val_miou, ").split()
+        for path, field in spec["y"].items():
+            assert field == "val_miou"
+            assert path.startswith(f"plots/finetune/{dataset}/{backbone}-"), (name, path)
