@@ -199,8 +199,29 @@ def predict_stage(root: Path) -> dict[str, Expected]:
 
 
 def top_level_plots(root: Path) -> list[Path]:
-    """dvc.yaml's own ``plots:`` (the report's figures)."""
-    return [layout.results_dir(root) / layout.RESULTS_TABLE]
+    """dvc.yaml's own ``plots:``: the report's table, then every grid cell's curve (the charts
+    of a dataset and backbone's cells)."""
+    params = load_params(root / layout.PARAMS_FILE)
+    grid = params.finetune
+    cells = [
+        Cell(dataset, model, fraction, seed)
+        for dataset in grid.datasets
+        for model in grid.models
+        for fraction in params.data.label_fractions
+        for seed in grid.seeds
+    ]
+    curves = [layout.finetune_curve_path(root, cell) for cell in cells]
+    return [layout.results_dir(root) / layout.RESULTS_TABLE, *curves]
+
+
+def plotted_files(section: list[Any]) -> list[str]:
+    """The data files of dvc.yaml's top-level plots: a plot's ``y`` files, or its own name."""
+    files: list[str] = []
+    for entry in section:
+        name, spec = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+        y = spec.get("y") if isinstance(spec, dict) else None
+        files.extend(y if isinstance(y, dict) else [name])
+    return files
 
 
 def render(path: str, item: Mapping[str, str]) -> str:
@@ -242,7 +263,7 @@ def mismatches(pipeline: Mapping[str, Any], root: Path) -> list[str]:
             ours = [p.relative_to(root).as_posix() for p in wanted[name].paths.get(kind, [])]
             if declared != ours:
                 found.append(f"{name}.{kind}: dvc.yaml {declared} != layout {ours}")
-    plots = entries(pipeline.get("plots"))
+    plots = plotted_files(pipeline.get("plots") or [])
     ours = [p.relative_to(root).as_posix() for p in top_level_plots(root)]
     if plots != ours:
         found.append(f"plots: dvc.yaml {plots} != layout {ours}")
@@ -343,6 +364,7 @@ def test_renaming_a_declared_file_is_caught(constant: str, monkeypatch: pytest.M
         ("      - plots/finetune\n", "      - plots/fine-tune\n"),
         ("      - results:\n", "      - report:\n"),
         ("  - results/results.csv:", "  - results/table.csv:"),
+        ("resnet50-sop-0.25-s0.csv: val", "resnet50-sop-0.25-seed0.csv: val"),
     ],
 )
 def test_editing_a_declared_path_in_dvc_yaml_is_caught(old: str, new: str) -> None:
