@@ -135,6 +135,15 @@ def best_other(others: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     return rival, others[others["init"] == rival]
 
 
+def sop_gains(table: pd.DataFrame) -> dict[Key, float]:
+    """SOP's mean test mIoU minus the best other init's, per dataset, backbone and fraction."""
+    gains = {}
+    for key, sop, others in comparisons(table):
+        _, rival_rows = best_other(others)
+        gains[key] = float(sop["test_miou"].mean() - rival_rows["test_miou"].mean())
+    return gains
+
+
 def better(table: pd.DataFrame, evidence: Evidence) -> Verdict:
     outcomes = []
     for (dataset, backbone, fraction), sop, others in comparisons(table):

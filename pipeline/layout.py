@@ -129,6 +129,12 @@ def results_dir(root: Path) -> Path:
     return root / RESULTS_DIR
 
 
+def report_metrics_path(root: Path) -> Path:
+    """The report's DVC metrics file: a few headline figures, beside ``results/`` (DVC forbids
+    outputs inside outputs)."""
+    return root / "metrics" / "report.json"
+
+
 # --- this machine's state (never DVC outputs) ------------------------------------------------
 
 

@@ -25,7 +25,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from pipeline import layout
-from pipeline.claims import Bootstrap, Evidence, Verdict, check_claims
+from pipeline.claims import Bootstrap, Evidence, Verdict, check_claims, sop_gains
 from pipeline.errors import DataError
 from pipeline.intervals import MIN_SEEDS, TileConfusion, cell_interval, class_intervals
 from pipeline.sweeps import MAIN_DATASET, sweep_sections
@@ -358,6 +358,18 @@ def result_columns(table: pd.DataFrame) -> list[str]:
     return first + [c for c in table.columns if c not in first]
 
 
+def headline_metrics(table: pd.DataFrame) -> dict[str, Any]:
+    """The report's DVC metrics: its cell count, mean test mIoU, and SOP's gain over the best
+    other init per dataset, backbone and label percentage (``sop_gain.<dataset>.<backbone>.
+    <percent>%``): a few short columns, so ``dvc exp show`` compares experiments by them."""
+    gains: dict[str, dict[str, dict[str, float]]] = {}
+    for (dataset, backbone, fraction), gain in sop_gains(table).items():
+        by_fraction = gains.setdefault(dataset, {}).setdefault(backbone, {})
+        by_fraction[f"{fraction * 100:g}%"] = round(gain, 4)
+    mean = round(float(table["test_miou"].mean()), 4) if len(table) else None
+    return {"cells": len(table), "test_miou_mean": mean, "sop_gain": gains}
+
+
 def write_report(
     root: Path,
     out_dir: Path,
@@ -388,7 +400,11 @@ def write_report(
     report.write_text(markdown + "".join(f"{line}\n" for line in extra))
     page = report.with_suffix(".html")
     page.write_text(html_report(report))
+    headline = layout.report_metrics_path(root)
+    headline.parent.mkdir(parents=True, exist_ok=True)
+    headline.write_text(json.dumps(headline_metrics(table), indent=2) + "\n")
     paths = {"results": results, "summary": summary_file, "report": report, "report_html": page}
+    paths["metrics"] = headline
     return paths | {p.stem: p for p in plots + sweep_plots}
 
 

@@ -172,6 +172,7 @@ def expected(root: Path) -> dict[str, Expected]:
                     layout.tile_confusion_dir(root),
                 ],
                 "outs": [layout.results_dir(root)],
+                "metrics": [layout.report_metrics_path(root)],
             },
         ),
     }

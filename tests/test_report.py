@@ -231,6 +231,26 @@ def test_report_files_intervals_definitions_and_the_val_only_note(tmp_path: Path
     )
 
 
+def test_the_dvc_metrics_file_gives_sops_gain_over_the_best_other_init(tmp_path: Path) -> None:
+    write_cells(tmp_path, SOP_WINS_MORE_WITH_FEWER_LABELS)
+    write_report(tmp_path, layout.results_dir(tmp_path), 0.6, Bootstrap(50))
+    written = json.loads(layout.report_metrics_path(tmp_path).read_text())
+    table = collect(tmp_path)
+
+    def mean(init: str, fraction: float) -> float:
+        rows = table[(table["init"] == init) & (table["label_fraction"] == fraction)]
+        return float(rows["test_miou"].mean())
+
+    assert written["cells"] == 9
+    assert written["test_miou_mean"] == pytest.approx(table["test_miou"].mean(), abs=1e-4)
+    gains = written["sop_gain"]["landcoverai"]["resnet50"]
+    assert list(gains) == ["25%", "50%", "100%"]
+    for fraction in (1.0, 0.5, 0.25):  # the best other is imagenet at every fraction
+        expected = mean("sop", fraction) - mean("imagenet", fraction)
+        assert gains[f"{fraction * 100:g}%"] == pytest.approx(expected, abs=1e-4)
+    assert gains["25%"] > gains["100%"] > 0
+
+
 def test_the_submissions_section_lists_each_loveda_cell_and_only_with_one(tmp_path: Path) -> None:
     write_cells(tmp_path, SOP_WINS_MORE_WITH_FEWER_LABELS)
     assert submission_lines(collect(tmp_path)) == []
