@@ -243,12 +243,25 @@ def test_the_dvc_metrics_file_gives_sops_gain_over_the_best_other_init(tmp_path:
 
     assert written["cells"] == 9
     assert written["test_miou_mean"] == pytest.approx(table["test_miou"].mean(), abs=1e-4)
-    gains = written["sop_gain"]["landcoverai"]["resnet50"]
+    gains = written["sop_gain"]
     assert list(gains) == ["25%", "50%", "100%"]
     for fraction in (1.0, 0.5, 0.25):  # the best other is imagenet at every fraction
         expected = mean("sop", fraction) - mean("imagenet", fraction)
         assert gains[f"{fraction * 100:g}%"] == pytest.approx(expected, abs=1e-4)
     assert gains["25%"] > gains["100%"] > 0
+
+
+def test_the_gain_at_a_label_fraction_is_averaged_over_datasets(tmp_path: Path) -> None:
+    write_cells(tmp_path, {"random": {1.0: (0.70, 5)}, "sop": {1.0: (0.80, 4)}})
+    write_cells(tmp_path, {"random": {1.0: (0.70, 5)}, "sop": {1.0: (0.60, 4)}}, "loveda")
+    write_report(tmp_path, layout.results_dir(tmp_path), 0.6, Bootstrap(50))
+    written = json.loads(layout.report_metrics_path(tmp_path).read_text())
+    table = collect(tmp_path)
+    sop, random = (
+        table[table["init"] == init].set_index("dataset")["test_miou"] for init in ("sop", "random")
+    )
+    assert written["sop_gain"] == {"100%": pytest.approx(float((sop - random).mean()), abs=1e-4)}
+    assert abs(written["sop_gain"]["100%"]) < 0.01  # +0.1 on one dataset, -0.1 on the other
 
 
 def test_the_submissions_section_lists_each_loveda_cell_and_only_with_one(tmp_path: Path) -> None:
