@@ -598,8 +598,7 @@ def mlflow_ui(
     Ctrl-C or SIGTERM stops the server and its workers."""
     from pipeline import servers, tracking
 
-    root = params_file.resolve().parent
-    apply_env_defaults(root)
+    params, root = _load(params_file, None)
     servers.check_port(host, port)
     command = [
         sys.executable,
@@ -617,7 +616,11 @@ def mlflow_ui(
     if location is not None:
         command += ["--default-artifact-root", location]
     # MLflow 3.17's UI opens experiments in its GenAI view unless the URL asks for the ML one.
-    announce = f"MLflow UI on {tracking.ui_url(f'http://{host}:{port}')} (Ctrl-C to stop)"
+    base = f"http://{host}:{port}"
+    announce = f"MLflow UI on {tracking.ui_url(base)} (Ctrl-C to stop)"
+    prefix = params.tracking.experiment_prefix
+    views = tracking.view_urls(tracking.tracking_uri(root), base, prefix)
+    announce += "".join(f"\n  {prefix}, {key}: {url}" for key, url in views.items())
     raise typer.Exit(servers.serve(command, os.environ.copy(), announce))
 
 

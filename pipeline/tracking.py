@@ -16,6 +16,9 @@
 - Tags: the git commit and a dirty flag, the DVC stage (DVC sets ``DVC_STAGE`` for its
   commands), the sha256 of the input tile index, and ``mlflow.parentRunId`` when the grid's
   parent run id is in ``SOP_PARENT_RUN_ID``.
+- Every experiment carries MLflow 3 shared views (:data:`VIEWS`): ``?viewStateShareKey=
+  finetune-curves`` lists the fine-tuning runs flat with their identity as columns and charts
+  their ``val_miou`` curves, a line per run (:func:`ui_url`).
 - Tracking goes to ``sqlite:///<pipeline root>/mlflow.db`` with artifacts in
   ``<root>/mlartifacts`` unless ``MLFLOW_TRACKING_URI`` points at a shared server.
 - The resolved params file is saved with every run as ``params.resolved.yaml``.
@@ -29,6 +32,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
@@ -62,6 +66,11 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"
 # The MLflow 3 UI's query parameter for its ML view (it opens in its GenAI view otherwise).
 ML_VIEW_QUERY = "workflowType=machine_learning"
+# MLflow 3's shared views: the experiment tag ``mlflow.sharedViewState.<key>`` holds a runs page's
+# state (filter, columns, grouping, charts) as JSON, and ``?viewStateShareKey=<key>`` opens it.
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+# key -> (stage, the charts shown): a view per stage a grid compares
+VIEWS = {"finetune-curves": ("finetune", "val_miou"), "evaluate-figures": ("evaluate", "test_miou")}
 
 
 def tracking_uri(root: Path) -> str:
@@ -258,21 +267,68 @@ def stage_run(
             os.environ["MLFLOW_TRACKING_URI"] = preset
 
 
+def shared_view(stage: str, charts: str) -> dict[str, Any]:
+    """A runs page of ``stage``'s runs: their identity as columns, grouped by backbone (which
+    also lists a grid's runs flat, not folded under their ``repro-<time>`` run), every run
+    visible and charted alone, and only the charts whose name holds ``charts``."""
+    identity = ("dataset", "backbone", "init", "fraction", "seed")
+    return {
+        "searchFilter": f"tags.{STAGE_TAG} = '{stage}'",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "modelVersionFilter": "All Runs",
+        "datasetsFilter": [],
+        "selectedColumns": [f"params.`{IDENTITY_PREFIX}{key}`" for key in identity],
+        "groupBy": {
+            "aggregateFunction": "average",
+            "groupByKeys": [{"mode": "param", "groupByData": f"{IDENTITY_PREFIX}backbone"}],
+        },
+        "useGroupedValuesInCharts": False,
+        "runsHiddenMode": "SHOW_ALL",
+        "chartsSearchFilter": charts,
+    }
+
+
+def view_tags() -> dict[str, str]:
+    """The experiment tags of :data:`VIEWS`."""
+    return {
+        f"{SHARED_VIEW_TAG}{key}": json.dumps(shared_view(stage, charts), sort_keys=True)
+        for key, (stage, charts) in VIEWS.items()
+    }
+
+
 def _experiment_id(client: Any, name: str, location: str | None) -> str:
-    """The experiment ``name``, created as a training experiment (an older one is marked so)."""
+    """The experiment ``name``, created as a training experiment with the shared views (an
+    older one gets what it lacks or holds in an older form)."""
+    wanted = {EXPERIMENT_KIND_TAG: TRAINING_KIND, **view_tags()}
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        kind = {EXPERIMENT_KIND_TAG: TRAINING_KIND}
-        return str(client.create_experiment(name, artifact_location=location, tags=kind))
-    if EXPERIMENT_KIND_TAG not in experiment.tags:
-        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+        return str(client.create_experiment(name, artifact_location=location, tags=wanted))
+    for key, value in wanted.items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
     return str(experiment.experiment_id)
 
 
-def ui_url(base: str, experiment_id: str | None = None) -> str:
-    """The MLflow UI at ``base`` opened on its ML view (on an experiment's runs if given)."""
+def ui_url(base: str, experiment_id: str | None = None, view: str | None = None) -> str:
+    """The MLflow UI at ``base`` opened on its ML view (on an experiment's runs if given, in
+    one of its shared :data:`VIEWS` if named)."""
     page = f"experiments/{experiment_id}/runs" if experiment_id else "experiments"
-    return f"{base.rstrip('/')}/#/{page}?{ML_VIEW_QUERY}"
+    shared = f"viewStateShareKey={view}&" if view else ""
+    return f"{base.rstrip('/')}/#/{page}?{shared}{ML_VIEW_QUERY}"
+
+
+def view_urls(uri: str, base: str, experiment: str) -> dict[str, str]:
+    """The shared views' addresses in the experiment named ``experiment`` at ``uri`` (none when
+    the store or the experiment does not exist yet: it is not created here)."""
+    if uri.startswith(SQLITE_PREFIX) and not Path(uri.removeprefix(SQLITE_PREFIX)).is_file():
+        return {}
+    found = open_client(uri).get_experiment_by_name(experiment)
+    if found is None:
+        return {}
+    return {key: ui_url(base, str(found.experiment_id), key) for key in VIEWS}
 
 
 def _parent_experiment(client: Any, parent: str, uri: str) -> str:

@@ -208,3 +208,31 @@ def test_the_html_report_shows_its_plot_in_the_artifact_viewer(
     assert "<iframe" in dom  # the viewer renders HTML in a frame, which --dump-dom leaves out
     # The plot's line (matplotlib's first colour) is drawn: the image shows, not its link.
     assert pixels_near(shot, (31, 119, 180)) > 100
+
+
+def test_the_finetune_view_lists_a_grids_cells_flat_with_their_identity(
+    served: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    uri, ids = served
+    url = tracking.ui_url(uri, ids["experiment"], "finetune-curves")  # the grid's experiment
+    shot = tmp_path / "view.png"
+    page = text(browse(url, tmp_path / "profile", shot))
+    assert not_blank(shot)
+    assert "shared view" in page
+    for cell in CELLS:  # the parent's runs, not folded under it
+        assert tracking.run_label("finetune", cell) in page
+        assert tracking.run_label("evaluate", cell) not in page
+    for column in ("sop.init", "sop.fraction", "sop.backbone"):
+        assert column in page
+
+
+def test_the_finetune_view_charts_val_miou_alone(
+    served: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    uri, ids = served
+    url = f"{tracking.ui_url(uri, ids['experiment'], 'finetune-curves')}&compareRunsMode=CHART"
+    shot = tmp_path / "view-charts.png"
+    page = text(browse(url, tmp_path / "profile", shot))
+    assert not_blank(shot)
+    assert "val_miou" in page
+    assert "train_loss" not in page  # the view's chart filter

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -207,6 +208,43 @@ def test_an_older_experiment_is_marked_a_training_one(tmp_path: Path) -> None:
         pass
     experiment = client.get_experiment(made)
     assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.TRAINING_KIND
+
+
+def test_every_experiment_carries_the_shared_views_and_an_old_one_gets_them(
+    tmp_path: Path,
+) -> None:
+    client = tracking.open_client(tracking.tracking_uri(tmp_path))
+    made = client.create_experiment("sop-finetune")
+    key = f"{tracking.SHARED_VIEW_TAG}finetune-curves"
+    client.set_experiment_tag(made, key, '{"searchFilter": "an older view"}')
+    with tracking.stage_run("finetune", root=tmp_path, params={}, identity={"dataset": "x"}):
+        pass
+    with tracking.parent_run(tmp_path, experiment_prefix="sop"):
+        pass
+    for name in ("sop-finetune", "sop"):
+        tags = client.get_experiment_by_name(name).tags
+        view = json.loads(tags[key])
+        assert view["searchFilter"] == "tags.sop.stage = 'finetune'"
+        assert "params.`sop.init`" in view["selectedColumns"]
+        assert view["groupBy"]["groupByKeys"] == [{"mode": "param", "groupByData": "sop.backbone"}]
+        assert view["runsHiddenMode"] == "SHOW_ALL"  # not the first 10 runs only
+        assert view["chartsSearchFilter"] == "val_miou"
+        evaluate = json.loads(tags[f"{tracking.SHARED_VIEW_TAG}evaluate-figures"])
+        assert evaluate["searchFilter"] == "tags.sop.stage = 'evaluate'"
+
+
+def test_the_views_addresses_name_the_experiment_and_create_no_store(tmp_path: Path) -> None:
+    uri = tracking.tracking_uri(tmp_path)
+    assert tracking.view_urls(uri, "http://h:1", "sop") == {}
+    assert not (tmp_path / tracking.DB_FILE).exists()
+    with tracking.parent_run(tmp_path, experiment_prefix="sop") as run:
+        pass
+    urls = tracking.view_urls(uri, "http://h:1", "sop")
+    assert urls["finetune-curves"] == (
+        f"http://h:1/#/experiments/{run.info.experiment_id}/runs?"
+        "viewStateShareKey=finetune-curves&workflowType=machine_learning"
+    )
+    assert tracking.view_urls(uri, "http://h:1", "other") == {}
 
 
 def test_a_training_summary_is_tags_and_json_not_metrics(tmp_path: Path) -> None:
