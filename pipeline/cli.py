@@ -597,9 +597,12 @@ def mlflow_ui(
     """Serve the MLflow UI over this pipeline's runs (127.0.0.1 unless --host says otherwise).
     Ctrl-C or SIGTERM stops the server and its workers."""
     from pipeline import servers, tracking
+    from pipeline.config import Params, load_params
 
-    params, root = _load(params_file, None)
+    root = params_file.resolve().parent
+    apply_env_defaults(root)
     servers.check_port(host, port)
+    params = load_params(params_file) if params_file.is_file() else Params()
     command = [
         sys.executable,
         "-m",
@@ -640,8 +643,11 @@ def prefect_ui(
     apply_env_defaults(root)
     servers.check_port(host, port)
     env = os.environ.copy()
-    # This server is the API: a URL of another one would only confuse its UI.
+    # This server is the API: a URL of another one would only confuse its UI, which otherwise
+    # asks port 4200 whatever --port says (a PREFECT_UI_API_URL of the user's, as behind a
+    # proxy, is kept).
     env.pop("PREFECT_API_URL", None)
+    env.setdefault("PREFECT_UI_API_URL", f"http://{servers.browsable(host)}:{port}/api")
     command = [
         str(Path(sys.executable).parent / "prefect"),
         "server",

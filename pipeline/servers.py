@@ -49,6 +49,12 @@ def check_port(host: str, port: int) -> None:
         )
 
 
+def browsable(host: str) -> str:
+    """The name a browser reaches a server bound to ``host`` by: this machine's name for a
+    wildcard address (which no browser can open), ``host`` itself otherwise."""
+    return socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of process group ``pgid``, read from /proc."""
     members = []

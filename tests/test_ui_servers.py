@@ -7,6 +7,7 @@ The slow tier starts each server for real on a free port, waits until it answers
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -39,6 +40,12 @@ def taken_port() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         yield sock.getsockname()[1]
+
+
+def test_a_browser_reaches_a_wildcard_bind_by_the_machines_name() -> None:
+    assert servers.browsable("127.0.0.1") == "127.0.0.1"
+    assert servers.browsable("0.0.0.0") == socket.gethostname()
+    assert servers.browsable("::") == socket.gethostname()
 
 
 def test_port_in_use_is_seen(taken_port: int) -> None:
@@ -134,6 +141,9 @@ def test_a_signal_to_sop_stops_the_servers_whole_group(
         assert server in members
         if command == "mlflow-ui":
             assert len(members) > 1, members  # its workers and job runner too
+        else:  # its UI asks this server for the runs, not Prefect's default port
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui-settings") as answer:
+                assert json.load(answer)["api_url"] == f"http://127.0.0.1:{port}/api"
         sop.send_signal(sig)
         assert sop.wait(STARTUP_LIMIT_S) == 128 + sig
     finally:
