@@ -74,9 +74,20 @@ def run_dvc(root: Path, *args: str) -> None:
         errors.unlink(missing_ok=True)
     if code != 0:
         for line in failed:
-            print(f"stage failed: {line}", flush=True)
+            _error(f"stage failed: {line}")
         detail = "; ".join(failed) if failed else "its error is in its output above"
         raise PipelineError(f"`{shown}` exited with {code} in {root}: {detail}")
+
+
+def _error(line: str) -> None:
+    """``line`` at ERROR level in the flow run's log (red in the UI), or on stderr outside one."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        get_run_logger().error(line)
+    except MissingContextError:
+        print(line, file=sys.stderr, flush=True)
 
 
 def grid_on_pool(
