@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import html
 import re
-import shutil
-import subprocess
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,10 +23,10 @@ from typing import Any
 import pytest
 
 from pipeline import layout, tracking
+from tests import browser
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CELLS = [
     {"dataset": "landcoverai", "backbone": "resnet50", "init": init, "fraction": f, "seed": 0}
     for init in ("random", "sop")
@@ -37,30 +35,17 @@ CELLS = [
 FINETUNE_FILTER = "tags.sop.stage = 'finetune'"
 
 
-def browse(url: str, profile: Path, shot: Path | None = None) -> str:
-    """The page's DOM after its scripts ran (and its screenshot at ``shot``)."""
-    assert CHROMIUM is not None
-    common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
-    common += [f"--user-data-dir={profile}", "--window-size=1400,900"]
-    common += ["--virtual-time-budget=20000"]
-    if shot is not None:
-        subprocess.run([*common, f"--screenshot={shot}", url], capture_output=True, timeout=180)
-    done = subprocess.run([*common, "--dump-dom", url], capture_output=True, timeout=180)
-    return done.stdout.decode(errors="replace")
+def browse(url: str, shot: Path) -> str:
+    """The page's DOM after its scripts ran; its screenshot at ``shot``, which shows something."""
+    page = browser.render(url, shot)
+    browser.assert_not_blank(page.screenshot)
+    return page.dom
 
 
 def text(dom: str) -> str:
     """What the page says: no markup, no scripts or styles, spaces collapsed."""
     dom = re.sub(r"<(script|style)\b.*?</\1>|<!--.*?-->", "", dom, flags=re.S)
     return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", dom)).split())
-
-
-def not_blank(shot: Path) -> bool:
-    from PIL import Image
-
-    with Image.open(shot) as image:
-        colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
-    return colours is None or len(colours) > 20
 
 
 def pixels_near(shot: Path, colour: tuple[int, int, int], within: int = 40) -> int:
@@ -125,8 +110,7 @@ def log_grid(root: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, Any]]]:
-    if CHROMIUM is None:
-        pytest.skip("no chromium on PATH (apt-get install chromium): the UI cannot be loaded")
+    browser.chromium()  # skips, saying why, without one
     from tests.servers import mlflow_server
 
     with (
@@ -151,8 +135,7 @@ def test_the_experiment_opens_on_its_runs(
 ) -> None:
     uri, ids = served
     shot = tmp_path / "runs.png"
-    page = text(browse(tracking.ui_url(uri, ids["experiment"]), tmp_path / "profile", shot))
-    assert not_blank(shot)
+    page = text(browse(tracking.ui_url(uri, ids["experiment"]), shot))
     assert "Runs" in page
     assert "repro-" in page  # the parent run, its stages' runs folded under it
     assert "9 matching runs" in page
@@ -164,8 +147,7 @@ def test_the_finetune_filter_lists_the_cells_by_name(
 ) -> None:
     uri, ids = served
     shot = tmp_path / "finetune-runs.png"
-    page = text(browse(filtered(uri, ids["alone"], "TABLE"), tmp_path / "profile", shot))
-    assert not_blank(shot)
+    page = text(browse(filtered(uri, ids["alone"], "TABLE"), shot))
     for cell in CELLS:
         assert tracking.run_label("finetune", cell) in page
         assert tracking.run_label("evaluate", cell) not in page
@@ -176,8 +158,7 @@ def test_the_finetune_filter_compares_the_curves(
 ) -> None:
     uri, ids = served
     shot = tmp_path / "charts.png"
-    page = text(browse(filtered(uri, ids["alone"], "CHART"), tmp_path / "profile", shot))
-    assert not_blank(shot)
+    page = text(browse(filtered(uri, ids["alone"], "CHART"), shot))
     assert "val_miou" in page
     assert "train_loss" in page
     assert "test_miou" not in page  # the evaluate runs are filtered out
@@ -189,8 +170,7 @@ def test_a_finetune_runs_metrics_are_its_curves(
     uri, ids = served
     page = f"experiments/{ids['experiment']}/runs/{ids['finetune']}/model-metrics"
     shot = tmp_path / "metrics.png"
-    shown = text(browse(f"{uri}/#/{page}?{tracking.ML_VIEW_QUERY}", tmp_path / "profile", shot))
-    assert not_blank(shot)
+    shown = text(browse(f"{uri}/#/{page}?{tracking.ML_VIEW_QUERY}", shot))
     assert "val_miou" in shown
     assert "best_val_miou" not in shown
     assert "final." not in shown
@@ -202,8 +182,7 @@ def test_the_html_report_shows_its_plot_in_the_artifact_viewer(
     uri, ids = served
     page = f"experiments/{ids['experiment']}/runs/{ids['parent']}/artifacts/results/report.html"
     shot = tmp_path / "report.png"
-    dom = browse(f"{uri}/#/{page}?{tracking.ML_VIEW_QUERY}", tmp_path / "profile", shot)
-    assert not_blank(shot)
+    dom = browse(f"{uri}/#/{page}?{tracking.ML_VIEW_QUERY}", shot)
     assert "results/report.html" in text(dom)
     assert "<iframe" in dom  # the viewer renders HTML in a frame, which --dump-dom leaves out
     # The plot's line (matplotlib's first colour) is drawn: the image shows, not its link.
@@ -216,8 +195,7 @@ def test_the_finetune_view_lists_a_grids_cells_flat_with_their_identity(
     uri, ids = served
     url = tracking.ui_url(uri, ids["experiment"], "finetune-curves")  # the grid's experiment
     shot = tmp_path / "view.png"
-    page = text(browse(url, tmp_path / "profile", shot))
-    assert not_blank(shot)
+    page = text(browse(url, shot))
     assert "shared view" in page
     for cell in CELLS:  # the parent's runs, not folded under it
         assert tracking.run_label("finetune", cell) in page
@@ -232,7 +210,6 @@ def test_the_finetune_view_charts_val_miou_alone(
     uri, ids = served
     url = f"{tracking.ui_url(uri, ids['experiment'], 'finetune-curves')}&compareRunsMode=CHART"
     shot = tmp_path / "view-charts.png"
-    page = text(browse(url, tmp_path / "profile", shot))
-    assert not_blank(shot)
+    page = text(browse(url, shot))
     assert "val_miou" in page
     assert "train_loss" not in page  # the view's chart filter
