@@ -473,8 +473,12 @@ def predict(
         Path | None, typer.Option("--out", "-o", help="The folder to write into.")
     ] = None,
     overlap: Annotated[
-        float, typer.Option(help="Share of a window its neighbours overlap (blended).")
-    ] = 0.25,
+        float | None,
+        typer.Option(
+            help="Share of a window its neighbours overlap, blended (default: "
+            "finetune.window_overlap, as the evaluate stage windows).",
+        ),
+    ] = None,
     batch_size: Annotated[
         int | None,
         typer.Option(min=1, help="Windows per forward pass (default: finetune.batch_size)."),
@@ -505,9 +509,15 @@ def predict(
 
     weights = predicting.cell_weights(cell, root)
     device, batch = resolve_device(params), batch_size or params.finetune.batch_size
+    overlap = params.finetune.window_overlap if overlap is None else overlap
     if loveda_submission is not None:
         from pipeline import submission
 
+        if probabilities or preview:
+            raise ParamsError(
+                "--loveda-submission: the zip holds class maps only; drop --probabilities "
+                "and --preview (or predict the rasters you want them for)"
+            )
         _check_submission(cell, predicting.read_run(weights), rasters, out)
         predictor, _ = predicting.load_predictor(weights, params, root, overlap, batch, device)
         images = submission.loveda_test_images(submission.extracted_folders(root))

@@ -511,6 +511,26 @@ def test_bad_input_is_one_line_naming_the_file(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("given", "used"), [([], 0.4), (["--overlap", "0.5"], 0.5)])
+def test_the_overlap_is_the_evaluate_stages_unless_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: list[str], used: float
+) -> None:
+    demo_cell(tmp_path)
+    seen: list[float] = []
+
+    def load(weights: Path, params: Any, root: Path, overlap: float, *rest: Any) -> None:
+        seen.append(overlap)
+        raise ParamsError("stop here")
+
+    monkeypatch.setattr(predicting, "load_predictor", load)
+    result = CliRunner().invoke(app, [
+        "predict", CELL, "scene.tif", "--out", str(tmp_path / "out"), *given,
+        "--params", str(tmp_path / "params.yaml"), "--set", "finetune.window_overlap=0.4",
+    ])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert seen == [used]
+
+
 def test_predict_has_help() -> None:
     result = CliRunner().invoke(app, ["predict", "--help"])
     assert result.exit_code == 0, result.output

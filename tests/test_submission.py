@@ -231,6 +231,8 @@ def test_rasters_with_the_submission_flag_or_neither_are_refused(tmp_path: Path)
     for args, message in (
         (["scene.tif", "--loveda-submission", "s.zip"], "--loveda-submission: predicts"),
         ([], "give rasters and --out"),
+        (["--loveda-submission", "s.zip", "--preview"], "drop --probabilities and --preview"),
+        (["--loveda-submission", "s.zip", "--probabilities"], "the zip holds class maps only"),
     ):
         result = CliRunner().invoke(
             app, ["predict", LOVEDA_CELL, *args, "--params", str(tmp_path / "params.yaml")]
