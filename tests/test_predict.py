@@ -156,47 +156,39 @@ def test_rows_are_written_as_soon_as_no_window_reaches_them() -> None:
     assert max(held) <= 2 * window
 
 
-def test_memory_stays_flat_in_the_scenes_height(tmp_path: Path) -> None:
-    """Python-side allocations (numpy: reads, logit sums, strips, preview) peak alike for a
-    scene three times as tall, far below the tall scene's own logits."""
+def peak_python_memory(tmp_path: Path, image: npt.NDArray[np.uint8], name: str) -> int:
+    """The peak of Python-side allocations (numpy: reads, logit sums, strips, preview) while
+    ``image`` is predicted as a GeoTIFF scene with probabilities and preview."""
     import tracemalloc
 
-    peaks = []
-    for height in (2048, 6144):
-        source = write_tif(tmp_path / f"{height}.tif", scene(height, 256).transpose(2, 0, 1).copy())
-        predictor = Predictor(pixelwise(), IMAGENET, CLASSES, 64, 0.25, 16)
-        tracemalloc.start()
+    source = write_tif(tmp_path / f"{name}.tif", image.transpose(2, 0, 1).copy())
+    predictor = Predictor(pixelwise(), IMAGENET, CLASSES, 64, 0.25, 16)
+    tracemalloc.start()
+    try:
         predict_files(
             predictor, CATALOG["landcoverai"], InputBands(), [source], tmp_path / "out",
             probabilities=True, preview=True, progress=False,
         )  # fmt: skip
-        peaks.append(tracemalloc.get_traced_memory()[1])
+        return tracemalloc.get_traced_memory()[1]
+    finally:
         tracemalloc.stop()
-    whole_scene_logits = CLASSES * 6144 * 256 * 4
-    assert peaks[1] < 1.1 * peaks[0]
-    assert peaks[1] < whole_scene_logits / 4
+
+
+def test_memory_stays_flat_in_the_scenes_height(tmp_path: Path) -> None:
+    """A scene three times as tall peaks alike, far below the tall scene's own logits."""
+    short, tall = (peak_python_memory(tmp_path, scene(h, 256), f"h{h}") for h in (2048, 6144))
+    assert tall < 1.1 * short
+    assert tall < CLASSES * 6144 * 256 * 4 / 4
 
 
 def test_memory_stays_flat_in_the_scenes_width(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A scene three times as wide is done in three times the stripes, each of one size."""
-    import tracemalloc
-
     monkeypatch.setattr(predicting, "STRIPE", 512)
-    peaks = []
-    for width in (1024, 3072):
-        source = write_tif(tmp_path / f"{width}.tif", scene(256, width).transpose(2, 0, 1).copy())
-        predictor = Predictor(pixelwise(), IMAGENET, CLASSES, 64, 0.25, 16)
-        tracemalloc.start()
-        predict_files(
-            predictor, CATALOG["landcoverai"], InputBands(), [source], tmp_path / "out",
-            probabilities=True, preview=True, progress=False,
-        )  # fmt: skip
-        peaks.append(tracemalloc.get_traced_memory()[1])
-        tracemalloc.stop()
-    assert peaks[1] < 1.1 * peaks[0]
-    assert peaks[1] < CLASSES * 256 * 3072 * 4 / 2  # half the wide scene's logits
+    narrow, wide = (peak_python_memory(tmp_path, scene(256, w), f"w{w}") for w in (1024, 3072))
+    assert wide < 1.1 * narrow
+    assert wide < CLASSES * 256 * 3072 * 4 / 2  # half the wide scene's logits
 
 
 @pytest.mark.parametrize(("width", "window", "overlap"), [(1000, 64, 0.25), (300, 32, 0.5)])
