@@ -332,7 +332,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
         raise SystemExit("usage: python -m pipeline.stagehost SOCKET [--mlflow=URI] [MODULE ...]")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Exit at once: a SystemExit raised mid-import (the host preloads for seconds) lands in an
+    # import-lock callback, which prints it as a traceback and goes on. Nothing here needs
+    # unwinding: the parent unlinks the socket, and watchers and stages are processes of their own.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     uris = [a.split("=", 1)[1] for a in args[1:] if a.startswith("--mlflow=")]
     modules = [a for a in args[1:] if not a.startswith("--mlflow=")]
     serve(Path(args[0]), modules, uris[0] if uris else None)
